@@ -1,0 +1,426 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, auto_pickle=False
+"""Accelerated core of p2psync: line splitting and socket<->file copy loops.
+
+The behaviour is specified by p2psync/_twin.py (same names, same results, same
+errors); read that module for the full docstrings. Here: memchr over one
+malloc'd buffer with a read offset for lines, and recv/write/sendfile loops that
+release the GIL around every blocking system call.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from libc.errno cimport EAGAIN, EINTR, EINVAL, ENOSYS, errno
+from libc.math cimport ceil
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcpy, memmove, strerror
+from posix.types cimport off_t
+from posix.unistd cimport pread, write
+
+from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
+
+__all__ = ["MAX_LINE_BYTES", "RECV_BUFFER_BYTES", "Buffer", "LineSplitter", "recv_to_file", "send_from_file"]
+
+MAX_LINE_BYTES = 64 * 1024
+RECV_BUFFER_BYTES = 256 * 1024
+
+cdef enum:
+    QUOTED_BYTES = 100  # how much of an overlong line an error quotes
+    SENDFILE_CHUNK = 16 * 1024 * 1024  # bounded so signals get a look in between calls
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+    short POLLOUT
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #if defined(__linux__)
+    #include <sys/sendfile.h>
+    static ssize_t p2p_sendfile(int out_fd, int in_fd, off_t *offset, size_t count) {
+        return sendfile(out_fd, in_fd, offset, count);
+    }
+    #else
+    static ssize_t p2p_sendfile(int out_fd, int in_fd, off_t *offset, size_t count) {
+        (void)out_fd; (void)in_fd; (void)offset; (void)count;
+        errno = ENOSYS;
+        return -1;
+    }
+    #endif
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    """
+    ssize_t p2p_sendfile(int out_fd, int in_fd, off_t *offset, size_t count) nogil
+    int MSG_NOSIGNAL
+    int EWOULDBLOCK
+
+
+cdef inline object _too_long(const char *start, Py_ssize_t available, Py_ssize_t max_line):
+    head = PyBytes_FromStringAndSize(start, min(available, QUOTED_BYTES))
+    return ProtocolError(f"line longer than {max_line} bytes without a newline (starts {head!r})")
+
+
+cdef class LineSplitter:
+    """Splits a byte stream into `\\n`-terminated lines, sans-IO (see p2psync._twin)."""
+
+    cdef char *_buf
+    cdef Py_ssize_t _cap, _start, _end, _scan
+    cdef public Py_ssize_t max_line
+
+    def __cinit__(self, *args, **kwargs):
+        self._buf = NULL
+        self._cap = self._start = self._end = self._scan = 0
+
+    def __init__(self, Py_ssize_t max_line=MAX_LINE_BYTES):
+        if max_line < 1:
+            raise ValueError(f"max_line must be positive, got {max_line}")
+        self.max_line = max_line
+
+    def __dealloc__(self):
+        free(self._buf)
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t need = self._end + extra
+        cdef Py_ssize_t cap = self._cap
+        cdef char *grown
+        if need <= cap:
+            return 0
+        cap = max(need, 2 * cap, 4096)
+        grown = <char *>realloc(self._buf, cap)
+        if grown == NULL:
+            raise MemoryError()
+        self._buf = grown
+        self._cap = cap
+        return 0
+
+    def feed(self, data):
+        """Append received bytes (compacting consumed ones first, once per feed)."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._start:
+                memmove(self._buf, self._buf + self._start, self._end - self._start)
+                self._end -= self._start
+                self._scan -= self._start
+                self._start = 0
+            if view.len:
+                self._reserve(view.len)
+                memcpy(self._buf + self._end, view.buf, view.len)
+                self._end += view.len
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _next(self):
+        cdef const char *nl = NULL
+        cdef Py_ssize_t end, start = self._start
+        if self._scan < self._end:
+            nl = <const char *>memchr(self._buf + self._scan, b'\n', self._end - self._scan)
+        if nl == NULL:
+            self._scan = self._end
+            if self._end - start > self.max_line:
+                raise _too_long(self._buf + start, self._end - start, self.max_line)
+            return None
+        end = nl - self._buf
+        if end - start > self.max_line:
+            raise _too_long(self._buf + start, end - start, self.max_line)
+        self._start = self._scan = end + 1
+        return PyBytes_FromStringAndSize(self._buf + start, end - start)
+
+    def next_line(self):
+        """The next complete line without its `\\n`, or None if none is buffered."""
+        return self._next()
+
+    def lines(self):
+        """Every complete line buffered now, as `next_line()` would return them."""
+        cdef list out = []
+        while True:
+            line = self._next()
+            if line is None:
+                return out
+            out.append(line)
+
+    def take(self, Py_ssize_t limit):
+        """Remove and return up to `limit` buffered bytes not yet returned as lines."""
+        cdef Py_ssize_t n = min(max(limit, 0), self._end - self._start)
+        chunk = PyBytes_FromStringAndSize(self._buf + self._start, n)
+        self._start += n
+        self._scan = max(self._scan, self._start)
+        return chunk
+
+    @property
+    def pending(self):
+        """Bytes received but not yet returned as a line."""
+        return PyBytes_FromStringAndSize(self._buf + self._start, self._end - self._start)
+
+
+cdef class Buffer:
+    """The classic `Buffer(sock, size)`: lines read from a socket (see p2psync._twin)."""
+
+    cdef public object sock
+    cdef public Py_ssize_t size
+    cdef LineSplitter _splitter
+
+    def __init__(self, sock, Py_ssize_t size=8192, Py_ssize_t max_line=MAX_LINE_BYTES):
+        self.sock = sock
+        self.size = size
+        self._splitter = LineSplitter(max_line)
+
+    @property
+    def buffer(self):
+        """Bytes received past the last line returned."""
+        return self._splitter.pending
+
+    @buffer.setter
+    def buffer(self, data):
+        self._splitter = LineSplitter(self._splitter.max_line)
+        self._splitter.feed(data)
+
+    def read_line(self):
+        """The next line as bytes, without its `\\n`."""
+        cdef LineSplitter splitter = self._splitter
+        cdef Py_ssize_t held
+        while True:
+            line = splitter._next()
+            if line is not None:
+                return line
+            data = self.sock.recv(self.size)
+            if not data:
+                held = splitter._end - splitter._start
+                if held:
+                    raise ProtocolError(
+                        f"connection closed in the middle of a line ({held} bytes without a newline)"
+                    )
+                raise ConnectionClosed("connection closed by the other side")
+            splitter.feed(data)
+
+    def get_line(self):
+        """The next line as `str`, without its `\\n`."""
+        line = self.read_line()
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"line is not UTF-8: {line[:QUOTED_BYTES]!r}") from None
+
+    def take(self, Py_ssize_t limit):
+        """Remove and return up to `limit` bytes received past the last line."""
+        return self._splitter.take(limit)
+
+
+# ------------------------------------------------------------------ copy loops
+
+cdef int _timeout_ms(sock) except? -2:
+    timeout = sock.gettimeout()
+    if timeout is None:
+        return -1  # a blocking fd: the system call itself waits
+    return <int>min(ceil(timeout * 1000.0), 2147483647.0)
+
+
+cdef ssize_t _wait_fd(int fd, short events, int timeout_ms) noexcept nogil:
+    """1 when ready, 0 on timeout, -1 with errno set (EINTR included)."""
+    cdef pollfd pfd
+    pfd.fd = fd
+    pfd.events = events
+    pfd.revents = 0
+    return poll(&pfd, 1, timeout_ms)
+
+
+cdef ssize_t _recv_some(int fd, char *buf, size_t want, int timeout_ms) noexcept nogil:
+    """Bytes received (> 0), 0 at end of stream, -1 with errno set, -2 on timeout.
+
+    A socket with a Python timeout is non-blocking at the fd, so EAGAIN means
+    "wait with poll", as CPython's own sock_recv does.
+    """
+    cdef ssize_t got
+    cdef ssize_t ready
+    while True:
+        got = recv(fd, buf, want, 0)
+        if got >= 0:
+            return got
+        if errno != EAGAIN and errno != EWOULDBLOCK:
+            return -1
+        ready = _wait_fd(fd, POLLIN, timeout_ms)
+        if ready == 0:
+            return -2
+        if ready < 0:
+            return -1
+
+
+cdef int _write_all(int fd, const char *data, size_t n) except -1:
+    cdef ssize_t wrote
+    while n:
+        with nogil:
+            wrote = write(fd, data, n)
+        if wrote < 0:
+            if errno == EINTR:
+                PyErr_CheckSignals()
+                continue
+            PyErr_SetFromErrno(OSError)
+            return -1
+        data += wrote
+        n -= wrote
+    return 0
+
+
+cdef str _strerror(int err):
+    return (<bytes>strerror(err)).decode("utf-8", "replace")
+
+
+def recv_to_file(sock, int fd, long long nbytes, pending=None, hasher=None, Py_ssize_t buffer_size=RECV_BUFFER_BYTES):
+    """Receive exactly `nbytes` from `sock` into file descriptor `fd` (see p2psync._twin)."""
+    cdef long long done = 0
+    cdef Py_ssize_t size, want
+    cdef ssize_t got
+    cdef int sockfd, timeout_ms, err
+    cdef char *buf
+    cdef const char *head_ptr
+    if nbytes < 0:
+        raise ValueError(f"negative byte count {nbytes}")
+    if pending is not None and nbytes:
+        head = pending.take(nbytes)
+        if head:
+            head_ptr = head
+            _write_all(fd, head_ptr, len(head))
+            if hasher is not None:
+                hasher.update(head)
+            done = len(head)
+    if done == nbytes:
+        return nbytes
+    sockfd = sock.fileno()
+    timeout_ms = _timeout_ms(sock)
+    size = <Py_ssize_t>min(<long long>max(buffer_size, 1), nbytes - done)
+    store = bytearray(size)  # the one buffer of this transfer
+    buf = PyByteArray_AS_STRING(store)
+    view = memoryview(store) if hasher is not None else None
+    while done < nbytes:
+        want = <Py_ssize_t>min(<long long>size, nbytes - done)
+        with nogil:
+            got = _recv_some(sockfd, buf, want, timeout_ms)
+            err = errno
+        if got > 0:
+            _write_all(fd, buf, got)
+            if hasher is not None:
+                hasher.update(view if got == size else view[:got])
+            done += got
+        elif got == 0:
+            raise TransferError(f"connection closed after {done} of {nbytes} bytes")
+        elif got == -2:
+            raise TransferError(f"timed out after {done} of {nbytes} bytes")
+        elif err == EINTR:
+            PyErr_CheckSignals()
+        else:
+            raise TransferError(f"receive failed after {done} of {nbytes} bytes: {_strerror(err)}")
+    return nbytes
+
+
+cdef ssize_t _send_some(int sockfd, const char *buf, size_t n, int timeout_ms) noexcept nogil:
+    """Bytes sent (> 0), -1 with errno set, -2 on timeout."""
+    cdef ssize_t sent
+    cdef ssize_t ready
+    while True:
+        sent = send(sockfd, buf, n, MSG_NOSIGNAL)
+        if sent >= 0:
+            return sent
+        if errno != EAGAIN and errno != EWOULDBLOCK:
+            return -1
+        ready = _wait_fd(sockfd, POLLOUT, timeout_ms)
+        if ready == 0:
+            return -2
+        if ready < 0:
+            return -1
+
+
+cdef ssize_t _sendfile_some(int sockfd, int fd, off_t *offset, size_t n, int timeout_ms) noexcept nogil:
+    """Like _send_some, through sendfile(2); 0 when the file has ended."""
+    cdef ssize_t sent
+    cdef ssize_t ready
+    while True:
+        sent = p2p_sendfile(sockfd, fd, offset, n)
+        if sent >= 0:
+            return sent
+        if errno != EAGAIN and errno != EWOULDBLOCK:
+            return -1
+        ready = _wait_fd(sockfd, POLLOUT, timeout_ms)
+        if ready == 0:
+            return -2
+        if ready < 0:
+            return -1
+
+
+cdef long long _send_by_copy(int sockfd, int fd, long long offset, long long nbytes, int timeout_ms) except -1:
+    """pread + send, for platforms and files where sendfile(2) does not work."""
+    cdef long long sent = 0
+    cdef Py_ssize_t size = <Py_ssize_t>min(<long long>RECV_BUFFER_BYTES, nbytes)
+    cdef ssize_t got, out, pos
+    cdef int err
+    store = bytearray(size)
+    cdef char *buf = PyByteArray_AS_STRING(store)
+    while sent < nbytes:
+        with nogil:
+            got = pread(fd, buf, <size_t>min(<long long>size, nbytes - sent), offset + sent)
+            err = errno
+        if got < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            raise TransferError(f"reading the file failed after {sent} of {nbytes} bytes: {_strerror(err)}")
+        if got == 0:
+            raise TransferError(f"file ended after {sent} of {nbytes} bytes (changed while being sent?)")
+        pos = 0
+        while pos < got:
+            with nogil:
+                out = _send_some(sockfd, buf + pos, got - pos, timeout_ms)
+                err = errno
+            if out == -2:
+                raise TransferError(f"timed out sending {nbytes} bytes")
+            if out < 0:
+                if err == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                raise TransferError(f"send failed: {_strerror(err)}")
+            pos += out
+        sent += got
+    return sent
+
+
+def send_from_file(sock, int fd, long long offset, long long nbytes):
+    """Send exactly `nbytes` of file descriptor `fd`, from `offset`, to `sock` (see p2psync._twin)."""
+    cdef long long sent = 0
+    cdef off_t position = offset
+    cdef ssize_t out
+    cdef int sockfd, timeout_ms, err
+    if nbytes < 0 or offset < 0:
+        raise ValueError(f"negative offset {offset} or byte count {nbytes}")
+    if not nbytes:
+        return 0
+    sockfd = sock.fileno()
+    timeout_ms = _timeout_ms(sock)
+    while sent < nbytes:
+        with nogil:
+            out = _sendfile_some(sockfd, fd, &position, <size_t>min(<long long>SENDFILE_CHUNK, nbytes - sent), timeout_ms)
+            err = errno
+        if out > 0:
+            sent += out
+        elif out == 0:
+            raise TransferError(f"file ended after {sent} of {nbytes} bytes (changed while being sent?)")
+        elif out == -2:
+            raise TransferError(f"timed out sending {nbytes} bytes")
+        elif err == EINTR:
+            PyErr_CheckSignals()
+        elif sent == 0 and (err == EINVAL or err == ENOSYS):
+            # No sendfile for this platform or file: copy through a buffer.
+            return _send_by_copy(sockfd, fd, offset, nbytes, timeout_ms)
+        else:
+            raise TransferError(f"send failed: {_strerror(err)}")
+    return nbytes

@@ -1,0 +1,267 @@
+"""Pure-Python twin of the `p2psync._speedups` extension: same names, same behaviour.
+
+This module is the readable specification of the accelerated core; the Cython
+source in `ext/_speedups.pyx` must behave identically (a property test feeds
+both the same streams and demands the same lines, remainders and errors).
+
+Strategy: the line splitter keeps one `bytearray` with a read offset, never
+rescans bytes it already searched, and compacts once per `feed`, not per line.
+The copy loops move bytes through one reusable buffer (`recv_into` + `os.write`)
+and use `sendfile` to send, so the big copy is bound by system calls in both
+backends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Protocol
+
+from .errors import ConnectionClosed, ProtocolError, TransferError
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "RECV_BUFFER_BYTES",
+    "Buffer",
+    "LineSplitter",
+    "recv_to_file",
+    "send_from_file",
+]
+
+MAX_LINE_BYTES = 64 * 1024  # default bound on one line, without its newline
+RECV_BUFFER_BYTES = 256 * 1024  # the one buffer a receive moves bytes through
+_QUOTED_BYTES = 100  # how much of an overlong line an error quotes
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+class _Pending(Protocol):
+    def take(self, limit: int) -> bytes: ...
+
+
+def _too_long(data: bytes | bytearray, max_line: int) -> ProtocolError:
+    head = bytes(data[:_QUOTED_BYTES])
+    return ProtocolError(f"line longer than {max_line} bytes without a newline (starts {head!r})")
+
+
+class LineSplitter:
+    """Splits a byte stream into `\\n`-terminated lines, sans-IO.
+
+    `feed(data)` appends received bytes; `next_line()` returns the next complete
+    line without its `\\n`, or None when no full line is buffered yet. A line
+    longer than `max_line` bytes (or unterminated data past that bound) raises
+    `ProtocolError` from `next_line()` instead of growing without end; the
+    splitter is then left as it was, to be thrown away with its connection.
+    """
+
+    __slots__ = ("_buf", "_scan", "_start", "max_line")
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        if max_line < 1:
+            raise ValueError(f"max_line must be positive, got {max_line}")
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._start = 0  # first byte not yet returned
+        self._scan = 0  # bytes before this index hold no newline past _start
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (compacting consumed ones first, once per feed)."""
+        if self._start:
+            del self._buf[: self._start]
+            self._scan -= self._start
+            self._start = 0
+        self._buf += data
+
+    def next_line(self) -> bytes | None:
+        """The next complete line without its `\\n`, or None if none is buffered.
+
+        Raises `ProtocolError` for a line over `max_line` bytes.
+        """
+        buf = self._buf
+        end = buf.find(b"\n", self._scan)
+        if end < 0:
+            self._scan = len(buf)
+            if len(buf) - self._start > self.max_line:
+                raise _too_long(buf[self._start : self._start + _QUOTED_BYTES], self.max_line)
+            return None
+        start = self._start
+        if end - start > self.max_line:
+            raise _too_long(buf[start : min(end, start + _QUOTED_BYTES)], self.max_line)
+        self._start = self._scan = end + 1
+        return bytes(buf[start:end])
+
+    def lines(self) -> list[bytes]:
+        """Every complete line buffered now: what calling `next_line()` until it
+        returns None would give. Raises what `next_line()` raises, at the same
+        point (lines before a too-long one are consumed and lost with it).
+        """
+        buf = self._buf
+        start = self._start
+        last = buf.rfind(b"\n", self._scan)
+        if last < 0 or (last - start > self.max_line and _longest(buf, start, last) > self.max_line):
+            out = []  # no full line, or one too long: the line-by-line path finds where
+            while (line := self.next_line()) is not None:
+                out.append(line)
+            return out
+        with memoryview(buf) as view:
+            found = bytes(view[start:last]).split(b"\n")  # one copy, one C call
+        self._start = last + 1
+        self._scan = len(buf)  # rfind already searched the tail
+        if len(buf) - self._start > self.max_line:
+            raise _too_long(buf[self._start : self._start + _QUOTED_BYTES], self.max_line)
+        return found
+
+    def take(self, limit: int) -> bytes:
+        """Remove and return up to `limit` buffered bytes not yet returned as lines."""
+        start = self._start
+        chunk = bytes(self._buf[start : start + limit])
+        self._start += len(chunk)
+        self._scan = max(self._scan, self._start)
+        return chunk
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received but not yet returned as a line."""
+        return bytes(self._buf[self._start :])
+
+
+class Buffer:
+    """The classic `Buffer(sock, size)`: lines read from a socket.
+
+    `get_line()` returns the next line as `str` without its `\\n`, receiving
+    `size` bytes at a time as needed; `buffer` holds the bytes received past
+    that line. Raises `ConnectionClosed` when the peer closes between lines,
+    `ProtocolError` when it closes mid-line or a line passes `max_line`; socket
+    errors and timeouts propagate as `OSError`.
+    """
+
+    __slots__ = ("_splitter", "size", "sock")
+
+    def __init__(self, sock: socket.socket, size: int = 8192, max_line: int = MAX_LINE_BYTES) -> None:
+        self.sock = sock
+        self.size = size
+        self._splitter = LineSplitter(max_line)
+
+    @property
+    def buffer(self) -> bytes:
+        """Bytes received past the last line returned."""
+        return self._splitter.pending
+
+    @buffer.setter
+    def buffer(self, data: bytes) -> None:
+        max_line = self._splitter.max_line
+        self._splitter = LineSplitter(max_line)
+        self._splitter.feed(data)
+
+    def read_line(self) -> bytes:
+        """The next line as bytes, without its `\\n`."""
+        splitter = self._splitter
+        while (line := splitter.next_line()) is None:
+            data = self.sock.recv(self.size)
+            if not data:
+                held = len(splitter.pending)
+                if held:
+                    raise ProtocolError(f"connection closed in the middle of a line ({held} bytes without a newline)")
+                raise ConnectionClosed("connection closed by the other side")
+            splitter.feed(data)
+        return line
+
+    def get_line(self) -> str:
+        """The next line as `str`, without its `\\n`. Raises `ProtocolError` if not UTF-8."""
+        line = self.read_line()
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"line is not UTF-8: {line[:_QUOTED_BYTES]!r}") from None
+
+    def take(self, limit: int) -> bytes:
+        """Remove and return up to `limit` bytes received past the last line."""
+        return self._splitter.take(limit)
+
+
+def _longest(buf: bytearray, start: int, end: int) -> int:
+    return max(map(len, buf[start:end].split(b"\n")))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def recv_to_file(
+    sock: socket.socket,
+    fd: int,
+    nbytes: int,
+    pending: _Pending | None = None,
+    hasher: _Hasher | None = None,
+    buffer_size: int = RECV_BUFFER_BYTES,
+) -> int:
+    """Receive exactly `nbytes` from `sock` and write them to file descriptor `fd`.
+
+    Bytes already buffered in `pending` (a `Buffer` or `LineSplitter`, e.g. the
+    one that read the `Content-Length` header) are used first. Every byte also
+    goes to `hasher.update` if given. Returns `nbytes`.
+
+    Raises `TransferError` if the stream ends early, times out (the socket's own
+    timeout, per receive) or fails; `OSError` if writing the file fails (the
+    caller removes its partial file either way).
+    """
+    if nbytes < 0:
+        raise ValueError(f"negative byte count {nbytes}")
+    done = 0
+    if pending is not None and nbytes:
+        head = pending.take(nbytes)
+        if head:
+            _write_all(fd, memoryview(head))
+            if hasher is not None:
+                hasher.update(head)
+            done = len(head)
+    if done == nbytes:
+        return nbytes
+    buf = bytearray(min(buffer_size, nbytes - done))
+    view = memoryview(buf)
+    while done < nbytes:
+        want = nbytes - done
+        target = view if want >= len(view) else view[:want]
+        try:
+            got = sock.recv_into(target)
+        except TimeoutError:
+            raise TransferError(f"timed out after {done} of {nbytes} bytes") from None
+        except OSError as exc:
+            raise TransferError(f"receive failed after {done} of {nbytes} bytes: {exc.strerror or exc}") from None
+        if not got:
+            raise TransferError(f"connection closed after {done} of {nbytes} bytes")
+        chunk = target if got == len(target) else view[:got]
+        _write_all(fd, chunk)
+        if hasher is not None:
+            hasher.update(chunk)
+        done += got
+    return nbytes
+
+
+def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> int:
+    """Send exactly `nbytes` of file descriptor `fd`, from `offset`, to `sock`.
+
+    Uses `sendfile` where the platform has it. Returns `nbytes`. Raises
+    `TransferError` if the file ends before `nbytes` (it shrank while being
+    served) or the socket fails or times out.
+    """
+    if nbytes < 0 or offset < 0:
+        raise ValueError(f"negative offset {offset} or byte count {nbytes}")
+    if not nbytes:
+        return 0
+    # socket.sendfile wants a file object; it handles timeouts and falls back
+    # to send() where there is no sendfile.
+    with open(fd, "rb", buffering=0, closefd=False) as file:
+        try:
+            sent = sock.sendfile(file, offset, nbytes)
+        except TimeoutError:
+            raise TransferError(f"timed out sending {nbytes} bytes") from None
+        except OSError as exc:
+            raise TransferError(f"send failed: {exc.strerror or exc}") from None
+    if sent != nbytes:
+        raise TransferError(f"file ended after {sent} of {nbytes} bytes (changed while being sent?)")
+    return nbytes

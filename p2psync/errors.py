@@ -1,0 +1,37 @@
+"""The one exception hierarchy of p2psync.
+
+Servers catch these per connection, log one line, close that connection and
+keep serving; nothing here is fatal to a process.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionClosed",
+    "P2PSyncError",
+    "ProtocolError",
+    "TransferError",
+    "UnsafeName",
+]
+
+
+class P2PSyncError(Exception):
+    """Base of every error p2psync raises on purpose."""
+
+
+class ProtocolError(P2PSyncError):
+    """A message broke the wire protocol: bad JSON, wrong types, a line too long,
+    a bad header, a connection closed in the middle of a line."""
+
+
+class ConnectionClosed(ProtocolError):
+    """The other side closed the connection cleanly, between two lines."""
+
+
+class TransferError(P2PSyncError):
+    """A file transfer failed: short stream, size or hash mismatch, timeout,
+    a refusal from the holder, or a source file that changed while sent."""
+
+
+class UnsafeName(P2PSyncError):
+    """A file name that would leave the sync folder or is not allowed in it."""

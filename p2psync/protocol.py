@@ -1,0 +1,310 @@
+"""Sans-IO wire protocol: build and parse every message, bytes in, values out.
+
+Strategy: the classic protocol is newline-delimited JSON between peer and
+tracker, and `name\\n` -> `Content-Length: N\\n` + N bytes between peers. Every
+encoder here produces the exact bytes a classic program produces
+(`json.dumps` with default separators); p2psync's additions ride in extra JSON
+keys that classic programs ignore. Every decoder validates types and ranges
+and raises `ProtocolError` (or `UnsafeName`, `TransferError`) saying what was
+wrong; no socket, file, clock or thread is touched here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError, TransferError
+from .names import safe_name
+
+__all__ = [
+    "CONTENT_LENGTH",
+    "MAX_FILES_PER_MESSAGE",
+    "DirectoryEntry",
+    "FileInfo",
+    "PeerMessage",
+    "decode_directory",
+    "decode_peer_message",
+    "decode_reply",
+    "decode_request",
+    "encode_directory",
+    "encode_header",
+    "encode_init",
+    "encode_keepalive",
+    "encode_refusal",
+    "encode_request",
+]
+
+CONTENT_LENGTH = b"Content-Length:"
+MAX_FILES_PER_MESSAGE = 1_000_000  # a bound on what one message may make us hold
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHOWN_BYTES = 100  # how much of a bad message an error message quotes
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file as a peer reports it: classic `name` and `mtime`, plus extensions."""
+
+    name: str
+    mtime: int
+    size: int | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object for this file; classic keys first, as classic peers order them."""
+        obj: dict[str, Any] = {"name": self.name, "mtime": self.mtime}
+        if self.size is not None:
+            obj["size"] = self.size
+        if self.sha256 is not None:
+            obj["sha256"] = self.sha256
+        return obj
+
+
+@dataclass(frozen=True)
+class PeerMessage:
+    """Init (`files` is a list) or KeepAlive (`files` is None) from a peer."""
+
+    port: int
+    files: tuple[FileInfo, ...] | None
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """Where the newest version of one file lives, as the tracker tells it."""
+
+    ip: str
+    port: int
+    mtime: int
+    size: int | None = None
+    sha256: str | None = None
+    sources: tuple[tuple[str, int], ...] = ()  # every live holder of this version
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"ip": self.ip, "port": self.port, "mtime": self.mtime}
+        if self.size is not None:
+            obj["size"] = self.size
+        if self.sha256 is not None:
+            obj["sha256"] = self.sha256
+        if self.sources:
+            obj["sources"] = [[ip, port] for ip, port in self.sources]
+        return obj
+
+    def holders(self) -> list[tuple[str, int]]:
+        """Every known holder of this version, the primary one first."""
+        first = (self.ip, self.port)
+        return [first, *(s for s in self.sources if s != first)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _shown(data: bytes | str) -> str:
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    return repr(text[:_SHOWN_BYTES]) + ("..." if len(text) > _SHOWN_BYTES else "")
+
+
+def _line(obj: Any) -> bytes:
+    # Default separators on purpose: byte-for-byte what classic programs send.
+    return json.dumps(obj).encode("utf-8") + b"\n"
+
+
+def _load_object(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not valid JSON ({exc}): {_shown(line)}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} must be a JSON object, not {type(obj).__name__}: {_shown(line)}")
+    return obj
+
+
+def _int(obj: Mapping[str, Any], key: str, what: str, lo: int = 0, hi: int | None = None) -> int:
+    value = obj.get(key)
+    # bool is an int in Python but never a number on the wire.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what}: {key!r} must be a number, got {_shown(json.dumps(value))}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError(f"{what}: {key!r} must be finite, got {value}")
+        value = math.floor(value)  # classic mtimes are whole seconds, rounded down
+    if value < lo or (hi is not None and value > hi):
+        raise ProtocolError(f"{what}: {key!r} = {value} is out of range")
+    return value
+
+
+def _port(obj: Mapping[str, Any], what: str) -> int:
+    return _int(obj, "port", what, 1, 65535)
+
+
+def _optional_size(obj: Mapping[str, Any], what: str) -> int | None:
+    return None if obj.get("size") is None else _int(obj, "size", what)
+
+
+def _optional_sha256(obj: Mapping[str, Any], what: str) -> str | None:
+    value = obj.get("sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256_HEX.match(value):
+        raise ProtocolError(f"{what}: 'sha256' must be 64 lowercase hex digits, got {_shown(str(value))}")
+    return value
+
+
+def _name(obj: Mapping[str, Any], what: str) -> str:
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{what}: 'name' must be a non-empty string")
+    return name
+
+
+# ---------------------------------------------------------------- peer -> tracker
+
+
+def encode_init(port: int, files: Iterable[FileInfo]) -> bytes:
+    """Init: the peer's serving port and its full file list, exactly as a classic peer."""
+    return _line({"port": port, "files": [f.to_json() for f in files]})
+
+
+def encode_keepalive(port: int) -> bytes:
+    """KeepAlive: `{"port": N}`."""
+    return _line({"port": port})
+
+
+def decode_peer_message(line: bytes) -> PeerMessage:
+    """Parse one line from a peer. Raises `ProtocolError` on anything malformed.
+
+    File names are returned as sent; whether they are safe is the caller's
+    decision (a tracker skips unsafe ones rather than dropping the peer).
+    """
+    obj = _load_object(line, "peer message")
+    port = _port(obj, "peer message")
+    if "files" not in obj or obj["files"] is None:
+        return PeerMessage(port, None)
+    raw = obj["files"]
+    if not isinstance(raw, list):
+        raise ProtocolError(f"peer message: 'files' must be a list, not {type(raw).__name__}")
+    if len(raw) > MAX_FILES_PER_MESSAGE:
+        raise ProtocolError(f"peer message lists {len(raw)} files (limit {MAX_FILES_PER_MESSAGE})")
+    files = []
+    for i, item in enumerate(raw):
+        what = f"peer message: files[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{what} must be an object, not {type(item).__name__}")
+        files.append(
+            FileInfo(
+                name=_name(item, what),
+                mtime=_int(item, "mtime", what),
+                size=_optional_size(item, what),
+                sha256=_optional_sha256(item, what),
+            )
+        )
+    return PeerMessage(port, tuple(files))
+
+
+# ---------------------------------------------------------------- tracker -> peer
+
+
+def encode_directory(entries: Mapping[str, DirectoryEntry]) -> bytes:
+    """The directory reply: one JSON object mapping name -> entry, one line."""
+    return _line({name: entry.to_json() for name, entry in entries.items()})
+
+
+def _decode_sources(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProtocolError(f"{what}: 'sources' must be a list")
+    sources = []
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or isinstance(item[1], bool)
+            or not isinstance(item[1], int)
+            or not 1 <= item[1] <= 65535
+        ):
+            raise ProtocolError(f"{what}: each source must be [ip, port], got {_shown(json.dumps(item))}")
+        sources.append((item[0], item[1]))
+    return tuple(sources)
+
+
+def decode_directory(line: bytes) -> dict[str, DirectoryEntry]:
+    """Parse the tracker's directory reply. Raises `ProtocolError` if malformed.
+
+    Names are returned as sent; the peer checks each with `safe_name` and skips
+    the unsafe ones, so one bad entry cannot stop a whole round.
+    """
+    obj = _load_object(line, "directory")
+    if len(obj) > MAX_FILES_PER_MESSAGE:
+        raise ProtocolError(f"directory lists {len(obj)} files (limit {MAX_FILES_PER_MESSAGE})")
+    entries = {}
+    for name, item in obj.items():
+        what = f"directory entry {_shown(name)}"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{what} must be an object, not {type(item).__name__}")
+        ip = item.get("ip")
+        if not isinstance(ip, str) or not ip:
+            raise ProtocolError(f"{what}: 'ip' must be a non-empty string")
+        entries[name] = DirectoryEntry(
+            ip=ip,
+            port=_port(item, what),
+            mtime=_int(item, "mtime", what),
+            size=_optional_size(item, what),
+            sha256=_optional_sha256(item, what),
+            sources=_decode_sources(item.get("sources"), what),
+        )
+    return entries
+
+
+# ---------------------------------------------------------------- peer <-> peer
+
+
+def encode_request(name: str) -> bytes:
+    """A file request, `name\\n`. Raises `UnsafeName` for a name we would never send."""
+    return safe_name(name).encode("utf-8") + b"\n"
+
+
+def decode_request(line: bytes) -> str:
+    """The requested name from a request line (without its `\\n`).
+
+    Raises `ProtocolError` for bytes that are not UTF-8 and `UnsafeName` for a
+    name that is not a plain file of the folder.
+    """
+    try:
+        name = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
+    # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
+    return safe_name(name.removesuffix("\r"))
+
+
+def encode_header(size: int) -> bytes:
+    """`Content-Length: N\\n`, the reply that precedes exactly N bytes."""
+    if size < 0:
+        raise ValueError(f"negative Content-Length {size}")
+    return b"Content-Length: %d\n" % size
+
+
+def encode_refusal(reason: str) -> bytes:
+    """`Error: reason\\n`: one line that a classic client never mistakes for a header."""
+    flat = " ".join(reason.split())  # one line, whatever the reason held
+    return b"Error: " + flat.encode("utf-8", "replace")[:1000] + b"\n"
+
+
+def decode_reply(line: bytes) -> int:
+    """The N of a `Content-Length: N` reply line (without its `\\n`).
+
+    Raises `TransferError` when the holder refused (any line that is not a
+    header) and `ProtocolError` for a header whose length is not a number.
+    """
+    if not line.startswith(CONTENT_LENGTH):
+        text = line.decode("utf-8", "replace").strip()
+        raise TransferError(f"holder refused: {text[:_SHOWN_BYTES]!r}")
+    value = line[len(CONTENT_LENGTH) :].strip()
+    if not value.isdigit() or len(value) > 20:
+        raise ProtocolError(f"bad Content-Length header: {_shown(line)}")
+    return int(value)

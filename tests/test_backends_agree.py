@@ -1,0 +1,129 @@
+"""Differential property tests: the twin and the extension must agree on everything."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import os
+import socket
+import tempfile
+import threading
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2psync.errors import P2PSyncError
+
+twin = importlib.import_module("p2psync._twin")
+fast = pytest.importorskip("p2psync._speedups")  # under REQUIRE=1 conftest already failed
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def drain(mod: ModuleType, chunks: list[bytes], max_line: int, batch: bool) -> tuple:
+    splitter, lines, error = mod.LineSplitter(max_line=max_line), [], None
+    try:
+        for chunk in chunks:
+            splitter.feed(chunk)
+            if batch:
+                lines.extend(splitter.lines())
+            else:
+                while (line := splitter.next_line()) is not None:
+                    lines.append(line)
+    except P2PSyncError as exc:
+        error = (type(exc), str(exc))
+    return lines, error, splitter.pending
+
+
+line_streams = st.lists(st.one_of(st.binary(max_size=80), st.just(b"\n"), st.just(b"\n\n")), max_size=60).map(
+    b"".join
+) | st.binary(max_size=4096)
+
+
+@settings(max_examples=400, deadline=None)
+@given(line_streams, st.lists(st.integers(0, 4096)), st.integers(1, 512), st.booleans())
+def test_splitters_agree(data: bytes, cuts: list[int], max_line: int, batch: bool) -> None:
+    chunks = split_at(data, cuts)
+    assert drain(fast, chunks, max_line, batch) == drain(twin, chunks, max_line, batch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(line_streams, st.integers(1, 128), st.lists(st.integers(0, 300), max_size=8))
+def test_take_and_lines_agree(data: bytes, max_line: int, takes: list[int]) -> None:
+    results = []
+    for mod in (twin, fast):
+        splitter = mod.LineSplitter(max_line=max_line)
+        splitter.feed(data)
+        seen: list[object] = []
+        for n in takes:
+            seen.append(splitter.take(n))
+            try:
+                seen.append(splitter.next_line())
+            except P2PSyncError as exc:
+                seen.append(str(exc))
+        results.append((seen, splitter.pending))
+    assert results[0] == results[1]
+
+
+def _copy_over_socket(mod: ModuleType, data: bytes, chunk_sizes: list[int], nbytes: int) -> tuple:
+    """Send `data` in the given chunk sizes, then close; receive `nbytes` with `mod`."""
+    a, b = socket.socketpair()
+
+    def send() -> None:
+        pos, i = 0, 0
+        try:
+            while pos < len(data):
+                size = chunk_sizes[i % len(chunk_sizes)] if chunk_sizes else len(data)
+                b.sendall(data[pos : pos + size])
+                pos += size
+                i += 1
+        finally:
+            b.shutdown(socket.SHUT_WR)  # a short stream must end, or the receive would wait
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    with tempfile.TemporaryFile() as out:
+        hasher = hashlib.sha256()
+        try:
+            got: object = mod.recv_to_file(a, out.fileno(), nbytes, None, hasher, 1000)
+        except P2PSyncError as exc:
+            got = (type(exc), str(exc))
+        sender.join()
+        a.close()
+        b.close()
+        out.seek(0)
+        return got, out.read(), hasher.hexdigest()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.binary(max_size=5000),
+    st.lists(st.integers(1, 2000), max_size=5),
+    st.integers(0, 6000),
+)
+def test_copy_loops_agree(data: bytes, chunk_sizes: list[int], nbytes: int) -> None:
+    assert _copy_over_socket(fast, data, chunk_sizes, nbytes) == _copy_over_socket(twin, data, chunk_sizes, nbytes)
+
+
+def test_public_names_agree() -> None:
+    public = {name for name in dir(twin) if not name.startswith("_")} & set(twin.__all__)
+    assert set(twin.__all__) == set(fast.__all__)
+    for name in public:
+        assert hasattr(fast, name), name
+    assert twin.MAX_LINE_BYTES == fast.MAX_LINE_BYTES
+    assert twin.RECV_BUFFER_BYTES == fast.RECV_BUFFER_BYTES
+
+
+def test_file_descriptors_are_not_leaked() -> None:
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for mod in (twin, fast):
+        _copy_over_socket(mod, b"abc" * 1000, [7], 3000)
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before

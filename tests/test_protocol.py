@@ -1,0 +1,206 @@
+"""The sans-IO wire protocol: classic bytes pinned, every malformed input refused clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2psync.errors import ProtocolError, TransferError, UnsafeName
+from p2psync.names import safe_name
+from p2psync.protocol import (
+    DirectoryEntry,
+    FileInfo,
+    PeerMessage,
+    decode_directory,
+    decode_peer_message,
+    decode_reply,
+    decode_request,
+    encode_directory,
+    encode_header,
+    encode_init,
+    encode_keepalive,
+    encode_refusal,
+    encode_request,
+)
+
+SHA = "ab" * 32
+
+
+def test_init_is_byte_for_byte_classic() -> None:
+    assert encode_init(8001, []) == b'{"port": 8001, "files": []}\n'
+    classic = json.dumps({"port": 8001, "files": [{"name": "a.txt", "mtime": 1772047595}]}) + "\n"
+    assert encode_init(8001, [FileInfo("a.txt", 1772047595)]) == classic.encode()
+
+
+def test_extensions_ride_in_extra_keys() -> None:
+    line = encode_init(8001, [FileInfo("a.txt", 5, size=3, sha256=SHA)])
+    assert (
+        line
+        == b'{"port": 8001, "files": [{"name": "a.txt", "mtime": 5, "size": 3, "sha256": "' + SHA.encode() + b'"}]}\n'
+    )
+    assert decode_peer_message(line.rstrip(b"\n")) == PeerMessage(8001, (FileInfo("a.txt", 5, 3, SHA),))
+
+
+def test_keepalive() -> None:
+    assert encode_keepalive(8001) == b'{"port": 8001}\n'
+    assert decode_peer_message(b'{"port": 8001}') == PeerMessage(8001, None)
+
+
+def test_classic_peer_message_decodes() -> None:
+    msg = decode_peer_message(b'{"port": 8001, "files": [{"name": "x", "mtime": 1772047595.9}]}')
+    assert msg == PeerMessage(8001, (FileInfo("x", 1772047595),))  # rounded down
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        (b"", "not valid JSON"),
+        (b"{", "not valid JSON"),
+        (b"\xff", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"files": []}', "'port' must be a number"),
+        (b'{"port": "8001"}', "'port' must be a number"),
+        (b'{"port": true}', "'port' must be a number"),
+        (b'{"port": 0}', "out of range"),
+        (b'{"port": 70000}', "out of range"),
+        (b'{"port": 8001, "files": {}}', "'files' must be a list"),
+        (b'{"port": 8001, "files": [1]}', "must be an object"),
+        (b'{"port": 8001, "files": [{"mtime": 1}]}', "'name' must be a non-empty string"),
+        (b'{"port": 8001, "files": [{"name": "a"}]}', "'mtime' must be a number"),
+        (b'{"port": 8001, "files": [{"name": "a", "mtime": -1}]}', "out of range"),
+        (b'{"port": 8001, "files": [{"name": "a", "mtime": NaN}]}', "finite"),
+        (b'{"port": 8001, "files": [{"name": "a", "mtime": 1, "size": -5}]}', "out of range"),
+        (b'{"port": 8001, "files": [{"name": "a", "mtime": 1, "sha256": "xyz"}]}', "64 lowercase hex"),
+        (b"[" * 100000, "not valid JSON"),
+    ],
+)
+def test_malformed_peer_messages(line: bytes, complaint: str) -> None:
+    with pytest.raises(ProtocolError, match=complaint):
+        decode_peer_message(line)
+
+
+def test_directory_round_trip() -> None:
+    entries = {
+        "a.txt": DirectoryEntry("127.0.0.1", 8001, 1772047595),
+        "b.bin": DirectoryEntry("::1", 8002, 7, size=10, sha256=SHA, sources=(("::1", 8002), ("10.0.0.2", 9000))),
+    }
+    line = encode_directory(entries)
+    assert line.startswith(b'{"a.txt": {"ip": "127.0.0.1", "port": 8001, "mtime": 1772047595}, ')
+    assert line.endswith(b"\n")
+    assert decode_directory(line.rstrip(b"\n")) == entries
+    assert entries["b.bin"].holders() == [("::1", 8002), ("10.0.0.2", 9000)]
+
+
+def test_classic_directory_decodes() -> None:
+    line = b'{"a.txt": {"ip": "127.0.0.1", "port": 8001, "mtime": 1772047595}}'
+    assert decode_directory(line) == {"a.txt": DirectoryEntry("127.0.0.1", 8001, 1772047595)}
+    assert decode_directory(b"{}") == {}
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        (b"null", "must be a JSON object"),
+        (b'{"a": 1}', "must be an object"),
+        (b'{"a": {"port": 1, "mtime": 1}}', "'ip' must be a non-empty string"),
+        (b'{"a": {"ip": "x", "port": 1, "mtime": "1"}}', "'mtime' must be a number"),
+        (b'{"a": {"ip": "x", "port": 1, "mtime": 1, "sources": [["x"]]}}', "each source must be"),
+        (b'{"a": {"ip": "x", "port": 1, "mtime": 1, "sources": 5}}', "'sources' must be a list"),
+    ],
+)
+def test_malformed_directories(line: bytes, complaint: str) -> None:
+    with pytest.raises(ProtocolError, match=complaint):
+        decode_directory(line)
+
+
+def test_request_line() -> None:
+    assert encode_request("test.txt") == b"test.txt\n"
+    assert decode_request(b"test.txt") == "test.txt"
+    assert decode_request(b"test.txt\r") == "test.txt"  # a CRLF client
+    assert decode_request("résumé.pdf".encode()) == "résumé.pdf"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"..", b".", b"../etc/passwd", b"/etc/passwd", b"a/b", b"a\\b", b"C:x", b"a\x00b", b"NUL.txt", b"x" * 300],
+)
+def test_unsafe_requests_are_refused(line: bytes) -> None:
+    with pytest.raises(UnsafeName):
+        decode_request(line)
+
+
+def test_request_not_utf8() -> None:
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        decode_request(b"\xff\xfe")
+
+
+def test_we_never_request_an_unsafe_name() -> None:
+    with pytest.raises(UnsafeName):
+        encode_request("../x")
+
+
+def test_header_and_refusal() -> None:
+    assert encode_header(11) == b"Content-Length: 11\n"
+    assert decode_reply(b"Content-Length: 11") == 11
+    assert decode_reply(b"Content-Length:0") == 0
+    assert encode_refusal("no such\nfile") == b"Error: no such file\n"
+    with pytest.raises(ValueError):
+        encode_header(-1)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"Content-Length: -1", ProtocolError),
+        (b"Content-Length: abc", ProtocolError),
+        (b"Content-Length: ", ProtocolError),
+        (b"Content-Length: 1e9", ProtocolError),
+        (b"Content-Length: " + b"9" * 30, ProtocolError),
+        (b"Error: file not found", TransferError),
+        (b"HTTP/1.1 404", TransferError),
+        (b"", TransferError),
+    ],
+)
+def test_bad_replies(line: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode_reply(line)
+
+
+def test_safe_names() -> None:
+    for ok in ["a.txt", ".hidden", "résumé", "x" * 255, "with space", "日本語.txt"]:
+        assert safe_name(ok) == ok
+    unnormalized = "re\u0301sume\u0301"  # e + combining acute: not NFC
+    for bad in ["", ".", "..", "a/b", "a\\b", "a\x01", "a\x7f", "con", "LPT1.txt", "x.", "x ", unnormalized, "é" * 200]:
+        with pytest.raises(UnsafeName):
+            safe_name(bad)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_value_or_a_protocol_error(data: bytes) -> None:
+    for decode in (decode_peer_message, decode_directory, decode_request, decode_reply):
+        try:
+            decode(data)
+        except (ProtocolError, UnsafeName, TransferError):
+            pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["port", "files", "name", "mtime", "ip", "a.txt"]), json_values, max_size=4))
+def test_any_json_gives_a_value_or_a_protocol_error(obj: dict) -> None:
+    line = json.dumps(obj).encode()
+    for decode in (decode_peer_message, decode_directory):
+        try:
+            decode(line)
+        except ProtocolError:
+            pass
