@@ -28,6 +28,7 @@ __all__ = [
     "FileInfo",
     "PeerMessage",
     "decode_directory",
+    "decode_entry",
     "decode_peer_message",
     "decode_reply",
     "decode_request",
@@ -241,23 +242,25 @@ def decode_directory(line: bytes) -> dict[str, DirectoryEntry]:
     obj = _load_object(line, "directory")
     if len(obj) > MAX_FILES_PER_MESSAGE:
         raise ProtocolError(f"directory lists {len(obj)} files (limit {MAX_FILES_PER_MESSAGE})")
-    entries = {}
-    for name, item in obj.items():
-        what = f"directory entry {_shown(name)}"
-        if not isinstance(item, dict):
-            raise ProtocolError(f"{what} must be an object, not {type(item).__name__}")
-        ip = item.get("ip")
-        if not isinstance(ip, str) or not ip:
-            raise ProtocolError(f"{what}: 'ip' must be a non-empty string")
-        entries[name] = DirectoryEntry(
-            ip=ip,
-            port=_port(item, what),
-            mtime=_int(item, "mtime", what),
-            size=_optional_size(item, what),
-            sha256=_optional_sha256(item, what),
-            sources=_decode_sources(item.get("sources"), what),
-        )
-    return entries
+    return {name: decode_entry(name, item) for name, item in obj.items()}
+
+
+def decode_entry(name: str, item: Any) -> DirectoryEntry:
+    """One directory entry from its JSON value. Raises `ProtocolError` if malformed."""
+    what = f"directory entry {_shown(name)}"
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{what} must be an object, not {type(item).__name__}")
+    ip = item.get("ip")
+    if not isinstance(ip, str) or not ip:
+        raise ProtocolError(f"{what}: 'ip' must be a non-empty string")
+    return DirectoryEntry(
+        ip=ip,
+        port=_port(item, what),
+        mtime=_int(item, "mtime", what),
+        size=_optional_size(item, what),
+        sha256=_optional_sha256(item, what),
+        sources=_decode_sources(item.get("sources"), what),
+    )
 
 
 # ---------------------------------------------------------------- peer <-> peer

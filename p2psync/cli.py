@@ -1,0 +1,171 @@
+"""The `p2psync` command: `tracker`, `sync`, `--version`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__
+from .directory import is_loopback
+from .peer import FileSynchronizer, get_next_available_port
+from .tracker import Tracker
+from .transfer import BACKEND
+
+__all__ = ["DEFAULT_TRACKER_PORT", "main"]
+
+DEFAULT_TRACKER_PORT = 8900  # the embedded tracker's first choice; the next free one if taken
+FIRST_PEER_PORT = 8000  # classic peers serve from the first free port from 8000
+
+log = logging.getLogger("p2psync")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6ADDR]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2psync",
+        description="Peer-to-peer folder sync, wire-compatible with the classic assignment.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2psync {__version__} (backend: {BACKEND})")
+    noise = argparse.ArgumentParser(add_help=False)
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    noise.add_argument("-q", "--quiet", action="count", default=0, help="fewer log lines (-qq: errors only)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tracker = commands.add_parser("tracker", parents=[noise], help="run a tracker", description="Run a tracker.")
+    tracker.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all IPv4)")
+    tracker.add_argument("--port", type=_port, default=DEFAULT_TRACKER_PORT, help="port (default: %(default)s)")
+
+    sync = commands.add_parser(
+        "sync",
+        parents=[noise],
+        help="sync a folder",
+        description="Sync DIR with every peer of a tracker. Without --tracker, run one here "
+        "and print the command other machines use to join.",
+    )
+    sync.add_argument("dir", metavar="DIR", help="the folder to sync (created if missing)")
+    sync.add_argument("--tracker", type=_host_port, metavar="HOST:PORT", help="join this tracker")
+    sync.add_argument(
+        "--port", type=_port, help=f"port to serve files on (default: the first free one from {FIRST_PEER_PORT})"
+    )
+    sync.add_argument(
+        "--tracker-port",
+        type=_port,
+        default=DEFAULT_TRACKER_PORT,
+        help="port of the embedded tracker, when there is no --tracker (default: %(default)s, or the next free one)",
+    )
+    sync.add_argument("--interval", type=float, default=5.0, help="seconds between sync rounds (default: 5)")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: int) -> None:
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbose - quiet, logging.DEBUG)
+    if verbose - quiet < -2:
+        level = logging.CRITICAL
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+
+
+def _this_machine_address() -> str | None:
+    """A non-loopback address of this machine from its own name, or None. Sends nothing."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for info in infos:
+        ip = str(info[4][0])
+        if not is_loopback(ip):
+            return ip
+    return None
+
+
+def _wait_for_interrupt(*threads: threading.Thread) -> None:
+    """Block until Ctrl-C, SIGTERM, or one of the threads ends."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.wait(0.5):
+            if not all(t.is_alive() for t in threads):
+                return
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_tracker(args: argparse.Namespace) -> int:
+    tracker = Tracker(args.port, args.host)
+    tracker.start()
+    print(f"p2psync tracker on {args.host}:{tracker.port}. Peers join with:", flush=True)
+    print(f"  p2psync sync DIR --tracker {_this_machine_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+    _wait_for_interrupt(tracker)
+    tracker.exit()
+    print("tracker stopped", flush=True)
+    return 0
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    folder = os.path.abspath(os.path.expanduser(args.dir))
+    os.makedirs(folder, exist_ok=True)
+    os.chdir(folder)  # FileSynchronizer serves the working directory, as the classic one does
+    tracker = None
+    if args.tracker is None:
+        tracker = Tracker(get_next_available_port(args.tracker_port))
+        tracker.start()
+        host, port = "127.0.0.1", tracker.port
+    else:
+        host, port = args.tracker
+    peer_port = args.port if args.port is not None else get_next_available_port(FIRST_PEER_PORT)
+    peer = FileSynchronizer(host, port, peer_port, interval=args.interval, first_delay=min(2.0, args.interval))
+    peer.start()
+    print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
+    if tracker is not None:
+        print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
+        print(f"  p2psync sync DIR --tracker {_this_machine_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+        print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}", flush=True)
+    else:
+        print(f"Tracker: {host}:{port}", flush=True)
+    print("Ctrl-C stops.", flush=True)
+    _wait_for_interrupt(peer)
+    peer.exit()
+    if tracker is not None:
+        tracker.exit()
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "tracker":
+            return _run_tracker(args)
+        return _run_sync(args)
+    except OSError as exc:  # a port in use, a folder we cannot enter: one line, no traceback
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

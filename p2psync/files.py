@@ -1,0 +1,237 @@
+"""The sync folder on disk: scanning, hashing, serving and atomic installs.
+
+Strategy: every path is opened relative to a descriptor of the folder itself,
+with `O_NOFOLLOW`, after `safe_name` has refused anything that is not a plain
+single name; so nothing read or written can leave the folder, whatever a
+peer asks for or a tracker lists. Downloads land in `name.part` and replace
+`name` by rename only when complete, with the source's mtime already set, so
+a reader sees the old file or the new one, never half of either. This module
+never parses a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UnsafeName
+from .names import PART_SUFFIX, is_ignored, safe_name
+from .protocol import FileInfo
+
+__all__ = ["Folder", "LocalFile", "PartialFile", "get_file_info"]
+
+log = logging.getLogger(__name__)
+
+_HASH_CHUNK_BYTES = 1 << 20
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A regular file of the folder as one scan saw it."""
+
+    name: str
+    mtime: int  # whole seconds, rounded down: the classic protocol's unit
+    size: int
+    sha256: str
+    mtime_ns: int
+    inode: int
+
+    def info(self) -> FileInfo:
+        return FileInfo(self.name, self.mtime, self.size, self.sha256)
+
+
+def get_file_info() -> list[dict[str, Any]]:
+    """The classic helper: files of the current directory as `[{"name", "mtime"}]`.
+
+    Subfolders and `*.py`, `*.so`, `*.dll` are left out, mtime is rounded down
+    (the classic rule, kept exactly for code written against it).
+    """
+    files = []
+    with os.scandir(".") as entries:
+        for entry in entries:
+            if entry.is_file() and not entry.name.endswith((".py", ".so", ".dll")):
+                files.append({"name": entry.name, "mtime": int(entry.stat().st_mtime)})
+    return files
+
+
+def _hash_fd(fd: int) -> str:
+    hasher = hashlib.sha256()
+    with open(fd, "rb", buffering=0, closefd=False) as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+class Folder:
+    """One sync folder: what it holds, what it may serve, where downloads land."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.realpath(root)
+        self._dir_fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        # (size, mtime_ns, inode) -> sha256: an unchanged file is never re-read.
+        self._hashes: dict[tuple[int, int, int], str] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
+
+    # ------------------------------------------------------------ scanning
+
+    def scan(self) -> dict[str, LocalFile]:
+        """Every file the folder syncs, by name: regular files only (no
+        symlinks, no subfolders), safe names only, ignored suffixes left out."""
+        found: dict[str, LocalFile] = {}
+        keys: set[tuple[int, int, int]] = set()
+        with os.scandir(self._dir_fd) as entries:
+            for entry in entries:
+                name = entry.name
+                if is_ignored(name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                if not self._allowed(name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    key = (st.st_size, st.st_mtime_ns, st.st_ino)
+                    digest = self._hashes.get(key) or self._hash(name, key)
+                except OSError as exc:  # vanished or unreadable since listed
+                    log.debug("skipping %s: %s", name, exc)
+                    continue
+                keys.add(key)
+                found[name] = LocalFile(name, st.st_mtime_ns // 1_000_000_000, st.st_size, digest, *key[1:])
+        with self._lock:  # forget hashes of files that are gone, so the cache stays bounded
+            self._hashes = {k: v for k, v in self._hashes.items() if k in keys}
+        return found
+
+    def _allowed(self, name: str) -> bool:
+        try:
+            safe_name(name)
+        except UnsafeName as exc:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("not syncing %s: %s", self.root, exc)
+            return False
+        return True
+
+    def _hash(self, name: str, key: tuple[int, int, int]) -> str:
+        fd = self._open(name, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != key:
+                raise OSError(errno.EAGAIN, "changed while being hashed")
+            digest = _hash_fd(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._hashes[key] = digest
+        return digest
+
+    def _open(self, name: str, flags: int, mode: int = 0o666) -> int:
+        return os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC, mode, dir_fd=self._dir_fd)
+
+    def stat(self, name: str) -> os.stat_result | None:
+        """The file's stat without following a symlink, or None if it is absent."""
+        try:
+            return os.stat(safe_name(name), dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def set_mtime(self, name: str, mtime: int) -> None:
+        """Stamp an existing file with `mtime` (its content already matches)."""
+        os.utime(safe_name(name), (mtime, mtime), dir_fd=self._dir_fd, follow_symlinks=False)
+
+    # ------------------------------------------------------------ serving
+
+    def open_for_serving(self, name: str) -> tuple[int, os.stat_result]:
+        """Open a file to serve: `(fd, stat)`. The caller closes the fd.
+
+        Raises `UnsafeName` for a name that is not a servable file of this
+        folder (unsafe, ignored, a symlink, not a regular file) and
+        `FileNotFoundError` when there is no such file.
+        """
+        safe_name(name)
+        if is_ignored(name):
+            raise UnsafeName(f"{name!r} is not a synced file")
+        try:
+            fd = self._open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeName(f"{name!r} is a symbolic link") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise UnsafeName(f"{name!r} is not a regular file")
+        return fd, st
+
+    # ------------------------------------------------------------ receiving
+
+    def free_bytes(self) -> int:
+        """Bytes free for an unprivileged writer on the folder's filesystem."""
+        vfs = os.statvfs(self._dir_fd)
+        return vfs.f_bavail * vfs.f_frsize
+
+    @contextlib.contextmanager
+    def partial(self, name: str) -> Iterator[PartialFile]:
+        """A `name.part` to download into; removed unless committed.
+
+        Raises `UnsafeName` for a name that may not be written here.
+        """
+        safe_name(name)
+        if is_ignored(name):
+            raise UnsafeName(f"{name!r} is not a synced file")
+        part = PartialFile(self, name)
+        try:
+            yield part
+        finally:
+            part.discard()
+
+
+class PartialFile:
+    """A download in progress: `fd` to write to, then `commit(mtime)`."""
+
+    def __init__(self, folder: Folder, name: str) -> None:
+        self.folder = folder
+        self.name = name
+        self.part_name = name + PART_SUFFIX
+        self.fd: int = folder._open(self.part_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._done = False
+
+    def commit(self, mtime: int) -> bool:
+        """Install the download as `name` with `mtime`, atomically.
+
+        Returns False (and installs nothing) when the local file became as new
+        as `mtime` meanwhile: a local edit is never overwritten by an older copy.
+        """
+        dir_fd = self.folder._dir_fd
+        os.utime(self.fd, (mtime, mtime))  # before the rename: no moment with a wrong mtime
+        os.close(self.fd)
+        self.fd = -1
+        current = self.folder.stat(self.name)
+        if current is not None and current.st_mtime_ns // 1_000_000_000 >= mtime:
+            return False
+        os.replace(self.part_name, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._done = True
+        return True
+
+    def discard(self) -> None:
+        """Close and remove the partial file, unless committed."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self._done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.part_name, dir_fd=self.folder._dir_fd)
+            self._done = True

@@ -1,0 +1,437 @@
+"""The peer: serves its folder to other peers and fetches what the tracker says is newer.
+
+Strategy: `FileSynchronizer` keeps the classic API and shape (a thread, a
+listening `server`, a tracker `client`, `msg`, `sync`, `syncfile`,
+`process_message`) so code written against the classic assignment runs
+unchanged. Underneath: every request is served on its own short-lived thread
+(bounded), bytes move through the core's copy loops, every name goes through
+`safe_name`, downloads are hashed while received and installed atomically,
+and a tracker failure is logged and retried with backoff instead of ending
+the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .errors import P2PSyncError, ProtocolError, TransferError, UnsafeName
+from .files import Folder, LocalFile, get_file_info
+from .names import is_ignored, safe_name
+from .protocol import (
+    DirectoryEntry,
+    FileInfo,
+    decode_directory,
+    decode_entry,
+    decode_request,
+    encode_init,
+    encode_keepalive,
+    encode_refusal,
+)
+from .transfer import Buffer, download, upload
+
+__all__ = [
+    "Buffer",
+    "FileSynchronizer",
+    "check_port_available",
+    "get_file_info",
+    "get_next_available_port",
+    "get_next_avaliable_port",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL_S = 5.0  # the classic round
+FIRST_SYNC_DELAY_S = 2.0  # the classic first round, after start()
+TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
+MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is down
+REQUEST_TIMEOUT_S = 30.0  # a requester must send its name line within this
+TRANSFER_TIMEOUT_S = 60.0  # per receive or send while a file moves
+MAX_DIRECTORY_BYTES = 256 * 1024 * 1024  # one directory line from the tracker
+MAX_REQUEST_BYTES = 4096  # one request line: a name is at most 255 bytes
+MAX_SERVING = 64  # concurrent file requests served; past it, a clear refusal
+
+
+# ------------------------------------------------------------------ classic helpers
+
+
+def check_port_available(port: int) -> bool:
+    """Whether `port` can be bound for listening on every IPv4 address now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as our servers bind
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def get_next_available_port(initial: int) -> int:
+    """The first port from `initial` up that can be bound. Raises `OSError` if none."""
+    for port in range(initial, 65536):
+        if check_port_available(port):
+            return port
+    raise OSError(f"no free port from {initial} up")
+
+
+get_next_avaliable_port = get_next_available_port  # the classic spelling
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+# ------------------------------------------------------------------ the peer
+
+
+class FileSynchronizer(threading.Thread):
+    """A peer serving and syncing the current working directory (as at construction).
+
+    The constructor binds `server` on `(host, port)` (port 0: any free port)
+    and creates the tracker socket `client` with a 180 s timeout, unconnected.
+    """
+
+    BUFFER_SIZE = 8192
+
+    def __init__(
+        self,
+        trackerhost: str,
+        trackerport: int,
+        port: int,
+        host: str = "0.0.0.0",
+        *,
+        interval: float = SYNC_INTERVAL_S,
+        first_delay: float = FIRST_SYNC_DELAY_S,
+        max_backoff: float = MAX_BACKOFF_S,
+    ) -> None:
+        super().__init__(name=f"p2psync-peer-{port}", daemon=True)
+        self.trackerhost = trackerhost
+        self.trackerport = trackerport
+        self.host = host
+        self.interval = interval
+        self.first_delay = first_delay
+        self.max_backoff = max_backoff
+        self.folder = Folder(os.getcwd())
+        self.server = socket.socket(_family(host), socket.SOCK_STREAM)
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.server.bind((host, port))
+            self.server.listen(128)
+        except OSError:
+            self.server.close()
+            self.folder.close()
+            raise
+        self.port: int = self.server.getsockname()[1]
+        self.client = self._new_client()
+        self._reader: Buffer | None = None
+        self._local = self.folder.scan()
+        self._reported: tuple[FileInfo, ...] | None = None  # what the tracker has from us
+        self._files_in_msg = self._infos(self._local)
+        self.msg: bytes = encode_init(self.port, self._files_in_msg)
+        self._first_round = True
+        self._backoff = 0.0
+        self._stopping = threading.Event()
+        self._serving = threading.BoundedSemaphore(MAX_SERVING)
+        self._threads: list[threading.Thread] = []
+        self._downloads: set[socket.socket] = set()  # shut down by exit(), so no .part outlives us
+        self._downloads_lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Serve file requests, connect to the tracker, sync every `interval` seconds."""
+        server_thread = threading.Thread(target=self._serve_forever, name=f"{self.name}-server", daemon=True)
+        server_thread.start()
+        self._threads.append(server_thread)
+        try:
+            self._connect()
+        except OSError as exc:
+            self.fatal_tracker("Failed connecting to the tracker", exc)
+        delay = self.first_delay
+        while not self._stopping.wait(delay):
+            try:
+                self.sync()
+            except Exception:  # a bug, not a peer's fault: keep the peer alive
+                log.exception("sync round failed")
+            delay = self._backoff or self.interval
+
+    def exit(self) -> None:
+        """Stop every thread and close every socket; returns within a second."""
+        self._stopping.set()
+        with self._downloads_lock:
+            in_flight = [*self._downloads, self.server, self.client]
+        for sock in in_flight:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self.client.close()
+        deadline = time.monotonic() + 0.9
+        me = threading.current_thread()
+        for thread in [self, *self._threads]:
+            if thread.is_alive() and thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if not self.is_alive():
+            self.folder.close()
+
+    # ------------------------------------------------------------ tracker side
+
+    def _new_client(self) -> socket.socket:
+        client = socket.socket(_family(self.trackerhost), socket.SOCK_STREAM)
+        client.settimeout(TRACKER_TIMEOUT_S)
+        return client
+
+    def _connect(self) -> None:
+        self.client.connect((self.trackerhost, self.trackerport))
+        log.info("connected to tracker %s:%d", self.trackerhost, self.trackerport)
+
+    def _client_connected(self) -> bool:
+        try:
+            self.client.getpeername()
+        except OSError:
+            return False
+        return True
+
+    def fatal_tracker(self, message: str, exc: BaseException | None = None) -> None:
+        """The tracker failed. The classic peer exits here; this one logs, drops the
+        connection and lets a later round reconnect, waiting longer each time."""
+        self._backoff = min(max(self._backoff * 2, 1.0), self.max_backoff)
+        log.warning(
+            "tracker %s:%d: %s (%s); retrying in %g s",
+            self.trackerhost,
+            self.trackerport,
+            message,
+            exc or "no detail",
+            self._backoff,
+        )
+        try:
+            self.client.close()
+        finally:
+            self.client = self._new_client()
+            self._reader = None
+            self._reported = None  # a new connection starts with a full Init
+            self._set_next_message()
+
+    def sync(self) -> None:
+        """One round: report to the tracker, read the directory, fetch what is newer."""
+        if not self._first_round:
+            self._set_next_message()  # report what changed since the last round
+        if not self._client_connected():
+            try:
+                self._connect()
+            except OSError as exc:
+                self.fatal_tracker("Failed connecting to the tracker", exc)
+                return
+        if self._reader is None or self._reader.sock is not self.client:
+            self._reader = Buffer(self.client, self.BUFFER_SIZE, MAX_DIRECTORY_BYTES)
+        try:
+            self.client.sendall(self.msg)
+            line = self._reader.read_line()
+        except TimeoutError as exc:
+            self.fatal_tracker("Failed waiting for the tracker to response", exc)
+            return
+        except (OSError, ProtocolError) as exc:
+            self.fatal_tracker("Lost the connection to the tracker", exc)
+            return
+        if self.msg.startswith(b'{"port": %d, "files"' % self.port):
+            self._reported = self._files_in_msg
+        self._first_round = False
+        try:
+            directory = decode_directory(line)
+        except ProtocolError as exc:
+            self.fatal_tracker("The tracker sent a malformed directory", exc)
+            return
+        self._backoff = 0.0
+        self._fetch_newer(directory)
+        self._set_next_message()
+
+    # ------------------------------------------------------------ what to report
+
+    @staticmethod
+    def _infos(local: Mapping[str, LocalFile]) -> tuple[FileInfo, ...]:
+        return tuple(f.info() for f in sorted(local.values(), key=lambda f: f.name))
+
+    def _set_next_message(self) -> None:
+        """Init when the folder differs from what the tracker has, else KeepAlive."""
+        self._local = self.folder.scan()
+        files = self._infos(self._local)
+        self._files_in_msg = files
+        self.msg = encode_keepalive(self.port) if files == self._reported else encode_init(self.port, files)
+
+    # ------------------------------------------------------------ fetching
+
+    def _fetch_newer(self, directory: Mapping[str, DirectoryEntry]) -> None:
+        for name, entry in directory.items():
+            if self._stopping.is_set():
+                return
+            try:
+                safe_name(name)
+            except UnsafeName as exc:
+                self._warn_once(name, f"tracker lists an unsafe name; skipping it: {exc}")
+                continue
+            if is_ignored(name):
+                self._warn_once(name, f"tracker lists {name!r}, which is never synced; skipping it")
+                continue
+            local = self._local.get(name)
+            if local is not None and local.mtime >= entry.mtime:
+                continue
+            if local is not None and entry.sha256 == local.sha256 and entry.size == local.size:
+                self.folder.set_mtime(name, entry.mtime)  # same bytes, newer stamp: no transfer
+                continue
+            self._fetch(name, entry)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def syncfile(self, filename: str, info: Mapping[str, Any]) -> bool:
+        """Fetch `filename` from the holder `info` names (`ip`, `port`, `mtime`, and
+        optionally `size`, `sha256`, `sources`) and install it with that mtime.
+
+        Returns whether it succeeded; never raises for a network or peer failure.
+        """
+        try:
+            entry = decode_entry(filename, dict(info))
+        except ProtocolError as exc:
+            log.warning("%s: bad holder description %r: %s", filename, info, exc)
+            return False
+        return self._fetch(filename, entry)
+
+    def _fetch(self, name: str, entry: DirectoryEntry) -> bool:
+        """Try each holder of the version in turn until one delivers a verified copy."""
+        for ip, port in entry.holders():
+            if port == self.port and ip in ("127.0.0.1", "::1", self.host):
+                continue  # that holder is this peer
+            try:
+                if self._fetch_from(name, entry, ip, port):
+                    log.info("fetched %s (%s bytes) from %s:%d", name, entry.size or "?", ip, port)
+                    return True
+                return False  # a newer local copy appeared: nothing to do
+            except (P2PSyncError, OSError) as exc:
+                log.warning("fetching %s from %s:%d failed: %s", name, ip, port, exc)
+        return False
+
+    def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int) -> bool:
+        with (
+            socket.create_connection((ip, port), timeout=TRANSFER_TIMEOUT_S) as sock,
+            self._tracked(sock),
+            self.folder.partial(name) as part,
+        ):
+            download(
+                sock,
+                name,
+                part.fd,
+                max_size=self.folder.free_bytes(),
+                expected_size=entry.size,
+                expected_sha256=entry.sha256,
+            )
+            return part.commit(entry.mtime)
+
+    @contextlib.contextmanager
+    def _tracked(self, sock: socket.socket) -> Iterator[None]:
+        with self._downloads_lock:
+            if self._stopping.is_set():
+                raise TransferError("peer is stopping")
+            self._downloads.add(sock)
+        try:
+            yield
+        finally:
+            with self._downloads_lock:
+                self._downloads.discard(sock)
+
+    # ------------------------------------------------------------ serving
+
+    def _serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self.server.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            if not self._serving.acquire(blocking=False):
+                log.warning("peer %s:%d: refused, already serving %d requests", addr[0], addr[1], MAX_SERVING)
+                _refuse(conn, "busy, try again later")
+                continue
+            worker = threading.Thread(target=self._serve_one, args=(conn, addr), daemon=True)
+            worker.start()
+
+    def _serve_one(self, conn: socket.socket, addr: Any) -> None:
+        try:
+            self.process_message(conn, addr)
+        finally:
+            self._serving.release()
+
+    def process_message(self, conn: socket.socket, addr: Any) -> None:
+        """Serve one request on an accepted connection: `name\\n` -> header + bytes."""
+        who = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        fd = -1
+        try:
+            conn.settimeout(REQUEST_TIMEOUT_S)
+            line = Buffer(conn, self.BUFFER_SIZE, MAX_REQUEST_BYTES).read_line()
+            name = decode_request(line)
+            fd, st = self.folder.open_for_serving(name)
+            conn.settimeout(TRANSFER_TIMEOUT_S)
+            upload(conn, fd, st.st_size)
+            log.debug("served %s (%d bytes) to %s", name, st.st_size, who)
+        except FileNotFoundError:
+            log.info("peer %s: asked for a file this peer does not have; refusing", who)
+            _refuse(conn, "no such file")
+        except (UnsafeName, ProtocolError) as exc:
+            log.warning("peer %s: %s; refusing", who, exc)
+            _refuse(conn, str(exc))
+        except TransferError as exc:
+            log.warning("peer %s: transfer aborted: %s", who, exc)
+        except OSError as exc:
+            log.warning("peer %s: %s; closing", who, exc)
+            _refuse(conn, "cannot read that file")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            conn.close()
+
+
+def _refuse(conn: socket.socket, reason: str) -> None:
+    try:
+        conn.sendall(encode_refusal(reason))
+    except OSError:
+        pass  # it has gone already; nothing more to tell it
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The classic command line: `python -m p2psync.peer TRACKER_IP TRACKER_PORT`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m p2psync.peer",
+        description="Sync the current folder through a tracker (serving on the first free port from 8000).",
+    )
+    parser.add_argument("tracker_ip")
+    parser.add_argument("tracker_port", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    peer = FileSynchronizer(args.tracker_ip, args.tracker_port, get_next_available_port(8000))
+    print(f"serving {os.getcwd()} on port {peer.port}; Ctrl-C stops", flush=True)
+    peer.start()
+    try:
+        while peer.is_alive():
+            peer.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        peer.exit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The tracker: answers every peer message with the directory, over many connections.
+
+Strategy: one thread runs a `selectors` loop over non-blocking sockets. Peer
+connections are long-lived and mostly idle (a KeepAlive every 5 s), so one
+loop serves thousands of them without a thread each, and the directory reply
+is encoded once per change and written to every peer from the same bytes. A
+connection that breaks the protocol, sends a line over the limit, or stays
+silent past the timeout is logged in one line and closed; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import selectors
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .directory import Directory, PeerKey, is_loopback
+from .errors import P2PSyncError, UnsafeName
+from .names import safe_name
+from .protocol import FileInfo, decode_peer_message
+from .transfer import LineSplitter
+
+__all__ = ["MAX_MESSAGE_BYTES", "PEER_TIMEOUT_S", "Tracker", "main"]
+
+log = logging.getLogger(__name__)
+
+PEER_TIMEOUT_S = 180.0  # the classic liveness rule
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one Init line: room for ~150,000 file names
+_RECV_BYTES = 256 * 1024
+_SWEEP_INTERVAL_S = 1.0
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    address: tuple[str, int]
+    splitter: LineSplitter
+    last_seen: float
+    loopback_alias: str | None  # see Directory.encoded
+    peer: PeerKey | None = None
+    out: bytearray = field(default_factory=bytearray)
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = socket.create_server((host, port), family=family, backlog=1024)
+    server.setblocking(False)
+    return server
+
+
+class Tracker(threading.Thread):
+    """`Tracker(port, host="0.0.0.0")`: a thread; `start()` serves, `exit()` stops.
+
+    The listening socket is bound by the constructor (port 0: any free port;
+    `port` holds the real one afterwards), so peers can connect right away.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        host: str = "0.0.0.0",
+        *,
+        peer_timeout: float = PEER_TIMEOUT_S,
+        max_message: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
+        self.host = host
+        self.server = _listen(host, port)
+        self.port: int = self.server.getsockname()[1]
+        self.peer_timeout = peer_timeout
+        self.max_message = max_message
+        self.directory = Directory()
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._owner: dict[PeerKey, _Connection] = {}  # the live connection that speaks for a peer
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def connections(self) -> list[tuple[str, int]]:
+        """Addresses of the peer connections open now."""
+        return [c.address for c in list(self._connections.values())]
+
+    def exit(self) -> None:
+        """Stop serving and close every socket; returns within a second."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(1.0)
+        if not self.is_alive():
+            self._close_all()
+
+    def run(self) -> None:
+        selector = self._selector
+        selector.register(self.server, selectors.EVENT_READ, None)
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        log.info("tracker listening on %s:%d", self.host, self.port)
+        next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
+        try:
+            while not self._stopping.is_set():
+                for key, mask in selector.select(timeout=_SWEEP_INTERVAL_S):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data == "wake":
+                        continue
+                    else:
+                        self._service(key.data, mask)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._expire_silent(now)
+                    next_sweep = now + _SWEEP_INTERVAL_S
+        except Exception:  # a bug, not bad input: say so loudly, free the port
+            log.exception("tracker loop failed")
+        finally:
+            self._close_all()
+
+    # ------------------------------------------------------------ connections
+
+    def _accept(self) -> None:
+        for _ in range(256):  # bounded, so a flood of connects cannot starve the others
+            try:
+                sock, address = self.server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: log, keep serving the rest
+                log.warning("tracker: accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local_ip = sock.getsockname()[0]
+            alias = None if is_loopback(address[0]) else local_ip
+            conn = _Connection(sock, address[:2], LineSplitter(self.max_message), time.monotonic(), alias)
+            self._connections[sock] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+            log.debug("peer %s connected", conn.name)
+
+    def _service(self, conn: _Connection, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(conn)
+            if mask & selectors.EVENT_READ and not conn.out:
+                data = conn.sock.recv(_RECV_BYTES)
+                if not data:
+                    self._close(conn, "closed the connection")
+                    return
+                conn.splitter.feed(data)
+            self._answer_lines(conn)
+        except P2PSyncError as exc:
+            self._close(conn, str(exc), level=logging.WARNING)
+        except OSError as exc:
+            self._close(conn, f"connection error: {exc.strerror or exc}")
+
+    def _answer_lines(self, conn: _Connection) -> None:
+        # One reply at a time: a peer that does not read its replies stops
+        # being read, so its unsent output stays one directory long.
+        while not conn.out and (line := conn.splitter.next_line()) is not None:
+            conn.last_seen = time.monotonic()
+            self._handle(conn, line)
+            conn.out += self.directory.encoded(conn.loopback_alias)
+            self._flush(conn)
+        if conn.sock in self._connections:
+            events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
+            if self._selector.get_key(conn.sock).events != events:
+                self._selector.modify(conn.sock, events, conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        del conn.out[:sent]
+
+    def _handle(self, conn: _Connection, line: bytes) -> None:
+        message = decode_peer_message(line)
+        peer = (conn.address[0], message.port)
+        if conn.peer != peer:
+            self._claim(conn, peer)
+        if message.files is None:
+            self.directory.join(peer)
+        elif self.directory.report(peer, self._safe_files(conn, message.files)):
+            log.debug("directory changed: %d files after a report from %s", len(self.directory), conn.name)
+
+    def _claim(self, conn: _Connection, peer: PeerKey) -> None:
+        """Let `conn` speak for `peer`; an older connection of the same peer is dead."""
+        if conn.peer is not None and self._owner.get(conn.peer) is conn:
+            del self._owner[conn.peer]
+            self.directory.forget(conn.peer)
+        previous = self._owner.get(peer)
+        if previous is not None and previous is not conn:
+            self._close(previous, "replaced by a new connection of the same peer")
+        self._owner[peer] = conn
+        conn.peer = peer
+
+    @staticmethod
+    def _safe_files(conn: _Connection, files: tuple[FileInfo, ...]) -> list[FileInfo]:
+        kept = []
+        for info in files:
+            try:
+                safe_name(info.name)
+            except UnsafeName as exc:
+                log.warning("peer %s: skipping a listed file: %s", conn.name, exc)
+                continue
+            kept.append(info)
+        return kept
+
+    def _expire_silent(self, now: float) -> None:
+        for conn in list(self._connections.values()):
+            if now - conn.last_seen > self.peer_timeout:
+                self._close(conn, f"silent for over {self.peer_timeout:g} s", level=logging.INFO)
+
+    def _close(self, conn: _Connection, reason: str, level: int = logging.DEBUG) -> None:
+        if self._connections.pop(conn.sock, None) is None:
+            return
+        log.log(level, "peer %s: %s; closing", conn.name, reason)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+        if conn.peer is not None and self._owner.get(conn.peer) is conn:
+            del self._owner[conn.peer]
+            self.directory.forget(conn.peer)
+
+    def _close_all(self) -> None:
+        for conn in list(self._connections.values()):
+            self._close(conn, "tracker stopping")
+        self._selector.close()
+        for sock in (self.server, self._wake_r, self._wake_w):
+            sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The classic command line: `python -m p2psync.tracker IP PORT`."""
+    parser = argparse.ArgumentParser(prog="python -m p2psync.tracker", description="Run a p2psync tracker.")
+    parser.add_argument("ip", help="address to listen on, e.g. 0.0.0.0")
+    parser.add_argument("port", type=int, help="port to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    tracker = Tracker(args.port, args.ip)
+    tracker.start()
+    print(f"tracker listening on {args.ip}:{tracker.port}; Ctrl-C stops it", flush=True)
+    try:
+        while tracker.is_alive():
+            tracker.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tracker.exit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Fixtures for tests that run trackers and peers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from p2psync import peer, tracker, transfer
+from p2psync.peer import FileSynchronizer
+from p2psync.tracker import Tracker
+
+CORE_NAMES = ("Buffer", "LineSplitter", "recv_to_file", "send_from_file")
+
+
+@pytest.fixture
+def backend(impl: ModuleType, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the tracker and peer code of this test on `impl`'s core (both backends)."""
+    for module in (transfer, peer, tracker):
+        for name in CORE_NAMES:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(impl, name))
+    return "cython" if impl.__name__.endswith("_speedups") else "python"
+
+
+@pytest.fixture
+def start_tracker() -> Iterator[Callable[..., Tracker]]:
+    """Start trackers on 127.0.0.1 (port from the OS unless given); all stopped after the test."""
+    started: list[Tracker] = []
+
+    def start(port: int = 0, **kwargs: object) -> Tracker:
+        t = Tracker(port, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        t.start()
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.exit()
+
+
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """The classic API serves the working directory at construction: enter, then leave."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture
+def make_peer() -> Iterator[Callable[..., FileSynchronizer]]:
+    """Build peers serving a given folder on 127.0.0.1; all stopped after the test."""
+    made: list[FileSynchronizer] = []
+
+    def make(folder: Path, tracker_port: int, port: int = 0, **kwargs: object) -> FileSynchronizer:
+        with inside(folder):
+            p = FileSynchronizer("127.0.0.1", tracker_port, port, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.exit()
