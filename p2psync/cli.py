@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .directory import is_loopback
-from .peer import FileSynchronizer, get_next_available_port
+from .peer import FileSynchronizer, bind_first_free
 from .tracker import Tracker
 from .transfer import BACKEND
 
@@ -131,13 +131,16 @@ def _run_sync(args: argparse.Namespace) -> int:
     os.chdir(folder)  # FileSynchronizer serves the working directory, as the classic one does
     tracker = None
     if args.tracker is None:
-        tracker = Tracker(get_next_available_port(args.tracker_port))
+        tracker = bind_first_free(Tracker, args.tracker_port)
         tracker.start()
         host, port = "127.0.0.1", tracker.port
     else:
         host, port = args.tracker
-    peer_port = args.port if args.port is not None else get_next_available_port(FIRST_PEER_PORT)
-    peer = FileSynchronizer(host, port, peer_port, interval=args.interval, first_delay=min(2.0, args.interval))
+
+    def build(peer_port: int) -> FileSynchronizer:
+        return FileSynchronizer(host, port, peer_port, interval=args.interval, first_delay=min(2.0, args.interval))
+
+    peer = build(args.port) if args.port is not None else bind_first_free(build, FIRST_PEER_PORT)
     peer.start()
     print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
     if tracker is not None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from .errors import P2PSyncError, ProtocolError, TransferError, UnsafeName
 from .files import Folder, LocalFile, get_file_info
@@ -45,6 +46,7 @@ __all__ = [
     "get_file_info",
     "get_next_available_port",
     "get_next_avaliable_port",
+    "bind_first_free",
     "main",
 ]
 
@@ -84,6 +86,23 @@ def get_next_available_port(initial: int) -> int:
 
 
 get_next_avaliable_port = get_next_available_port  # the classic spelling
+
+T = TypeVar("T")
+
+
+def bind_first_free(build: Callable[[int], T], initial: int, tries: int = 20) -> T:
+    """`build(port)` on the first free port from `initial`, retrying past ports that
+    another process took between the check and the bind."""
+    port = initial
+    for _ in range(tries):
+        port = get_next_available_port(port)
+        try:
+            return build(port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            port += 1
+    raise OSError(errno.EADDRINUSE, f"no free port from {initial} after {tries} tries")
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -144,6 +163,7 @@ class FileSynchronizer(threading.Thread):
         self._threads: list[threading.Thread] = []
         self._downloads: set[socket.socket] = set()  # shut down by exit(), so no .part outlives us
         self._downloads_lock = threading.Lock()
+        self._downloads_done = threading.Condition(self._downloads_lock)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
@@ -180,7 +200,10 @@ class FileSynchronizer(threading.Thread):
         for thread in [self, *self._threads]:
             if thread.is_alive() and thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if not self.is_alive():
+        with self._downloads_lock:  # downloads remove their .part, then leave the set
+            self._downloads_done.wait_for(lambda: not self._downloads, max(0.0, deadline - time.monotonic()))
+            idle = not self._downloads
+        if idle and not self.is_alive():
             self.folder.close()
 
     # ------------------------------------------------------------ tracker side
@@ -348,6 +371,7 @@ class FileSynchronizer(threading.Thread):
         finally:
             with self._downloads_lock:
                 self._downloads.discard(sock)
+                self._downloads_done.notify_all()
 
     # ------------------------------------------------------------ serving
 
@@ -420,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tracker_port", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    peer = FileSynchronizer(args.tracker_ip, args.tracker_port, get_next_available_port(8000))
+    peer = bind_first_free(lambda port: FileSynchronizer(args.tracker_ip, args.tracker_port, port), 8000)
     print(f"serving {os.getcwd()} on port {peer.port}; Ctrl-C stops", flush=True)
     peer.start()
     try:

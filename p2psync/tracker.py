@@ -228,10 +228,10 @@ class Tracker(threading.Thread):
         log.log(level, "peer %s: %s; closing", conn.name, reason)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
-        conn.sock.close()
         if conn.peer is not None and self._owner.get(conn.peer) is conn:
             del self._owner[conn.peer]
             self.directory.forget(conn.peer)
+        conn.sock.close()  # last: whoever sees the close sees the directory without it
 
     def _close_all(self) -> None:
         for conn in list(self._connections.values()):

@@ -41,6 +41,7 @@ def two_free_ports() -> int:
 
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is no obstacle
         try:
             s.bind(("", port))
         except OSError:

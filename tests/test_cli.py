@@ -1,0 +1,147 @@
+"""The command lines, as processes: `p2psync`, and the classic `python -m` ones."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .loopback import free_port, wait_until
+
+
+@pytest.fixture
+def env(impl: ModuleType) -> dict[str, str]:
+    """The environment that makes a child process use `impl`'s backend."""
+    child = dict(os.environ)
+    child.pop("P2PSYNC_NO_EXTENSIONS", None)
+    if impl.__name__.endswith("_twin"):
+        child["P2PSYNC_NO_EXTENSIONS"] = "1"
+    return child
+
+
+class Running:
+    """A child process whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        wait_until(lambda: re.search(pattern, self.output), timeout, f"{pattern!r} in {self.output!r}")
+        match = re.search(pattern, self.output)
+        assert match
+        return match
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self._reader.join(5)
+        return code
+
+
+@pytest.fixture
+def run(env: dict[str, str]) -> Iterator:
+    started: list[Running] = []
+
+    def start(args: list[str], cwd: Path) -> Running:
+        r = Running(args, cwd, env)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+P2PSYNC = [sys.executable, "-m", "p2psync.cli"]
+
+
+def test_version_names_the_backend(env: dict[str, str], impl: ModuleType) -> None:
+    out = subprocess.run([*P2PSYNC, "--version"], env=env, capture_output=True, text=True, check=True).stdout
+    backend = "python" if impl.__name__.endswith("_twin") else "cython"
+    assert re.fullmatch(rf"p2psync \d+\.\d+\.\d+\S* \(backend: {backend}\)\n", out)
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("p2psync")
+    assert script.exists(), "pip install should put the p2psync command beside python"
+
+
+@pytest.mark.parametrize("command", [[], ["tracker"], ["sync"]])
+def test_help_on_every_command(env: dict[str, str], command: list[str]) -> None:
+    out = subprocess.run([*P2PSYNC, *command, "--help"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("usage: p2psync")
+
+
+def test_bad_arguments_are_one_clear_line(env: dict[str, str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*P2PSYNC, "sync", str(tmp_path), "--tracker", "nocolon"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "expected HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_embedded_default_and_a_joining_folder(run, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    (first / "hello.txt").write_text("hello from the first folder")
+    tracker_port = free_port()
+    a = run(
+        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--interval", "0.3"],
+        tmp_path,
+    )
+    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    assert join == f"127.0.0.1:{tracker_port}"
+    b = run([*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"], tmp_path)
+    wait_until(lambda: (second / "hello.txt").exists(), 30, "the file to reach the joining folder")
+    (second / "reply.txt").write_text("and back")
+    wait_until(lambda: (first / "reply.txt").exists(), 30, "the reply to reach the first folder")
+    assert (second / "hello.txt").read_text() == "hello from the first folder"
+    assert (first / "reply.txt").read_text() == "and back"
+    for proc in (b, a):
+        assert proc.interrupt() == 0, proc.output
+        assert "Traceback" not in proc.output
+        assert "stopped" in proc.output
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_classic_command_lines(run, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (one / "a.txt").write_text("a")
+    (two / "b.txt").write_text("b")
+    port = free_port()
+    tracker = run([sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)], tmp_path)
+    tracker.wait_for("tracker listening")
+    peers = [run([sys.executable, "-m", "p2psync.peer", "127.0.0.1", str(port)], folder) for folder in (one, two)]
+    for p in peers:
+        p.wait_for(r"serving .* on port \d+")
+    wait_until(lambda: (one / "b.txt").exists() and (two / "a.txt").exists(), 40, "the classic peers to sync")
+    for proc in (*peers, tracker):
+        assert proc.interrupt() == 0, proc.output
+        assert "Traceback" not in proc.output

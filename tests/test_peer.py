@@ -1,0 +1,371 @@
+"""Peers over loopback: syncing, interop with classic programs, bad input, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from p2psync.peer import Buffer
+
+from .classic_peer import ClassicPeer, recv_line
+from .loopback import LOOPBACK, in_thread, wait_until
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+FAST = {"interval": 0.2, "first_delay": 0.05, "max_backoff": 0.5}
+
+
+def request(port: int, line: bytes) -> tuple[bytes, bytes]:
+    """Send one request line; (first reply line, the bytes after it until close)."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(line)
+        first, rest = recv_line(sock)
+        while chunk := sock.recv(65536):
+            rest += chunk
+    return first, rest
+
+
+def folders(tmp_path: Path, *names: str) -> list[Path]:
+    made = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        made.append(tmp_path / name)
+    return made
+
+
+# ------------------------------------------------------------------ syncing
+
+
+def test_changes_between_rounds_propagate(tmp_path: Path, start_tracker, make_peer) -> None:
+    tracker = start_tracker()
+    a, b = folders(tmp_path, "a", "b")
+    (a / "doc.txt").write_text("v1")
+    peers = [make_peer(f, tracker.port, **FAST) for f in (a, b)]
+    for p in peers:
+        p.start()
+    wait_until(lambda: (b / "doc.txt").exists() and (b / "doc.txt").read_text() == "v1", 20, "v1 at b")
+    # edit at b (newer mtime): a gets it back; a new file at a reaches b
+    (b / "doc.txt").write_text("v2 from b")
+    later = int(os.path.getmtime(a / "doc.txt")) + 10
+    os.utime(b / "doc.txt", (later, later))
+    (a / "new.bin").write_bytes(os.urandom(300_000))
+    wait_until(lambda: (a / "doc.txt").read_text() == "v2 from b", 20, "v2 at a")
+    wait_until(lambda: (b / "new.bin").exists() and (b / "new.bin").read_bytes() == (a / "new.bin").read_bytes(), 20)
+    assert int(os.path.getmtime(a / "doc.txt")) == later
+    for f in (a, b):
+        assert not list(f.glob("*.part"))
+
+
+def test_peers_carry_on_when_the_tracker_restarts(tmp_path: Path, start_tracker, make_peer) -> None:
+    tracker = start_tracker()
+    port = tracker.port
+    a, b = folders(tmp_path, "a", "b")
+    (a / "before.txt").write_text("before")
+    peers = [make_peer(f, port, **FAST) for f in (a, b)]
+    for p in peers:
+        p.start()
+    wait_until(lambda: (b / "before.txt").exists(), 20, "the first file")
+    tracker.exit()
+    (a / "after.txt").write_text("after the restart")
+    wait_until(lambda: all(p._backoff > 0 for p in peers), 20, "both peers to notice the tracker is gone")
+    start_tracker(port)
+    wait_until(lambda: (b / "after.txt").exists() and (b / "after.txt").read_text() == "after the restart", 30)
+
+
+def test_a_classic_peer_and_ours_sync_both_ways(tmp_path: Path, start_tracker, make_peer) -> None:
+    tracker = start_tracker()
+    ours_dir, classic_dir = folders(tmp_path, "ours", "classic")
+    (ours_dir / "ours.txt").write_text("written by p2psync's folder")
+    (classic_dir / "classic.txt").write_text("written by the classic folder")
+    ours = make_peer(ours_dir, tracker.port, **FAST)
+    classic = ClassicPeer(classic_dir, (LOOPBACK, tracker.port))
+    try:
+        ours.start()
+        classic.report()  # the tracker learns the classic peer's file
+        wait_until(lambda: (ours_dir / "classic.txt").exists(), 20, "our peer to fetch from the classic one")
+        wait_until(lambda: "ours.txt" in classic.report(), 20, "the tracker to list our file")
+        classic.sync_once()  # the classic peer fetches from ours
+        assert (classic_dir / "ours.txt").read_text() == "written by p2psync's folder"
+        assert (ours_dir / "classic.txt").read_text() == "written by the classic folder"
+        assert int((ours_dir / "classic.txt").stat().st_mtime) == int((classic_dir / "classic.txt").stat().st_mtime)
+        # what the classic peer sent is exactly the classic bytes
+        assert classic.sent[0].startswith(b'{"port": %d, "files": [{"name": "classic.txt", "mtime": ' % classic.port)
+    finally:
+        classic.close()
+
+
+def _classic_tracker(server: socket.socket, stop: threading.Event) -> None:
+    """A minimal classic tracker: a thread per peer, newest mtime wins, JSON lines."""
+    directory: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def serve(conn: socket.socket, addr: tuple) -> None:
+        held = b""
+        with conn:
+            while not stop.is_set():
+                try:
+                    line, held = recv_line(conn, held)
+                except (ConnectionError, OSError):
+                    return
+                msg = json.loads(line)
+                with lock:
+                    for f in msg.get("files", []):
+                        known = directory.get(f["name"])
+                        if known is None or f["mtime"] > known["mtime"]:
+                            directory[f["name"]] = {"ip": addr[0], "port": msg["port"], "mtime": f["mtime"]}
+                    reply = json.dumps(directory).encode() + b"\n"
+                conn.sendall(reply)
+
+    server.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, addr = server.accept()
+        except TimeoutError:
+            continue
+        threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
+
+
+def test_our_peers_sync_through_a_classic_tracker(tmp_path: Path, make_peer) -> None:
+    a, b = folders(tmp_path, "a", "b")
+    (a / "x.txt").write_text("x" * 10_000)
+    (b / "y.txt").write_text("y" * 10_000)
+    stop = threading.Event()
+    with socket.create_server((LOOPBACK, 0)) as server:
+        tracker = threading.Thread(target=_classic_tracker, args=(server, stop), daemon=True)
+        tracker.start()
+        try:
+            for f in (a, b):
+                make_peer(f, server.getsockname()[1], **FAST).start()
+            wait_until(lambda: (a / "y.txt").exists() and (b / "x.txt").exists(), 20, "both files everywhere")
+            assert (a / "y.txt").read_text() == "y" * 10_000
+            assert (b / "x.txt").read_text() == "x" * 10_000
+        finally:
+            stop.set()
+            tracker.join(5)
+
+
+# ------------------------------------------------------------------ serving bad requests
+
+
+@pytest.fixture
+def serving(tmp_path: Path, make_peer):
+    """A started peer serving `tmp_path/served`, with a secret beside that folder."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("fine")
+    (folder / "sub").mkdir()
+    (folder / "code.py").write_text("print('never served')")
+    (tmp_path / "secret.txt").write_text("outside the folder")
+    os.symlink(tmp_path / "secret.txt", folder / "link.txt")
+    peer = make_peer(folder, 9, **FAST)
+    peer.start()
+    return peer
+
+
+def test_serves_a_file(serving) -> None:
+    assert request(serving.port, b"ok.txt\n") == (b"Content-Length: 4", b"fine")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"missing.txt\n", b"no such file"),
+        (b"../secret.txt\n", b"forbidden character"),
+        (b"/etc/passwd\n", b"forbidden character"),
+        (b"sub\n", b"not a regular file"),
+        (b"link.txt\n", b"symbolic link"),
+        (b"code.py\n", b"not a synced file"),
+        (b"..\n", b"not a file"),
+        (b"\xff\n", b"not UTF-8"),
+        (b"ok.txt\x00\n", b"forbidden character"),
+    ],
+)
+def test_refuses_what_it_must_not_serve(serving, line: bytes, reason: bytes) -> None:
+    first, rest = request(serving.port, line)
+    assert first.startswith(b"Error: ")
+    assert reason in first
+    assert rest == b""
+
+
+def test_an_endless_request_is_refused(serving) -> None:
+    first, rest = request(serving.port, b"a" * 5000)  # no newline within the 4096-byte bound
+    assert first.startswith(b"Error: line longer than 4096 bytes")
+    assert rest == b""
+    assert request(serving.port, b"ok.txt\n") == (b"Content-Length: 4", b"fine")  # still serving
+
+
+def test_a_client_that_never_asks_does_not_block_others(serving) -> None:
+    with socket.create_connection((LOOPBACK, serving.port), timeout=10):
+        assert request(serving.port, b"ok.txt\n") == (b"Content-Length: 4", b"fine")
+
+
+# ------------------------------------------------------------------ receiving bad answers
+
+
+def _one_shot_server(reply: bytes) -> tuple[socket.socket, object]:
+    server = socket.create_server((LOOPBACK, 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(reply)
+
+    return server, in_thread(answer)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"Error: no such file\n",
+        b"Content-Length: 10\nshort",
+        b"Content-Length: abc\n",
+        b"HTTP/1.0 200 OK\r\n\r\n",
+        b"",
+        b"Content-Length: 3\nbad",  # size fine, hash wrong
+    ],
+)
+def test_a_bad_answer_keeps_the_good_old_file(tmp_path: Path, make_peer, reply: bytes) -> None:
+    (tmp_path / "keep.txt").write_text("good old")
+    os.utime(tmp_path / "keep.txt", (1000, 1000))
+    peer = make_peer(tmp_path, 9)
+    server, answered = _one_shot_server(reply)
+    with server:
+        info = {
+            "ip": LOOPBACK,
+            "port": server.getsockname()[1],
+            "mtime": 2000,
+            "size": 3,
+            "sha256": hashlib.sha256(b"new").hexdigest(),
+        }
+        if reply.startswith(b"Content-Length: 10"):
+            info.pop("size")
+        assert peer.syncfile("keep.txt", info) is False
+        answered()
+    assert (tmp_path / "keep.txt").read_text() == "good old"
+    assert os.path.getmtime(tmp_path / "keep.txt") == 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_an_oversize_offer_is_refused_before_writing(tmp_path: Path, make_peer) -> None:
+    peer = make_peer(tmp_path, 9)
+    server, answered = _one_shot_server(b"Content-Length: 99999999999999999\n")
+    with server:
+        assert not peer.syncfile("huge.bin", {"ip": LOOPBACK, "port": server.getsockname()[1], "mtime": 5})
+        answered()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_verified_download_installs(tmp_path: Path, make_peer) -> None:
+    peer = make_peer(tmp_path, 9)
+    server, answered = _one_shot_server(b"Content-Length: 3\nnew")
+    with server:
+        info = {
+            "ip": LOOPBACK,
+            "port": server.getsockname()[1],
+            "mtime": 2000,
+            "size": 3,
+            "sha256": hashlib.sha256(b"new").hexdigest(),
+        }
+        assert peer.syncfile("fresh.txt", info) is True
+        answered()
+    assert (tmp_path / "fresh.txt").read_bytes() == b"new"
+    assert os.path.getmtime(tmp_path / "fresh.txt") == 2000
+
+
+def test_a_failed_holder_falls_back_to_another_source(tmp_path: Path, make_peer) -> None:
+    peer = make_peer(tmp_path, 9)
+    bad, bad_done = _one_shot_server(b"Content-Length: 3\nx")
+    good, good_done = _one_shot_server(b"Content-Length: 3\nnew")
+    with bad, good:
+        info = {
+            "ip": LOOPBACK,
+            "port": bad.getsockname()[1],
+            "mtime": 2000,
+            "sources": [[LOOPBACK, bad.getsockname()[1]], [LOOPBACK, good.getsockname()[1]]],
+        }
+        assert peer.syncfile("f.txt", info) is True
+        bad_done()
+        good_done()
+    assert (tmp_path / "f.txt").read_bytes() == b"new"
+
+
+def _junk_tracker(reply: bytes) -> tuple[socket.socket, threading.Event]:
+    server = socket.create_server((LOOPBACK, 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    Buffer(conn, 8192).read_line()
+                    conn.sendall(reply)
+                except Exception:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, stop
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\n",
+        b'{"../../escape.txt": {"ip": "127.0.0.1", "port": 9, "mtime": 5}}\n',
+        b'{"sub/inner.txt": {"ip": "127.0.0.1", "port": 9, "mtime": 5}}\n',
+        b'{"x": {"ip": 5}}\n',
+        b"",
+    ],
+)
+def test_a_junk_tracker_never_makes_the_peer_write_or_crash(tmp_path: Path, make_peer, reply: bytes) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    server, stop = _junk_tracker(reply)
+    with server:
+        peer = make_peer(folder, server.getsockname()[1], **FAST)
+        peer.start()
+        wait_until(lambda: peer._first_round is False or peer._backoff > 0, 10, "a round against the junk tracker")
+        for _ in range(3):
+            peer.sync()
+        assert peer.is_alive()
+        stop.set()
+    assert list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_exit_is_quick_and_leaves_no_part(tmp_path: Path, make_peer) -> None:
+    """A download in flight when exit() is called is abandoned and cleaned up."""
+    peer = make_peer(tmp_path, 9)
+    server = socket.create_server((LOOPBACK, 0))
+    started = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"Content-Length: 1000000\n" + b"x" * 1000)
+            started.set()
+            conn.recv(1)  # hold the transfer open until the peer hangs up
+
+    with server:
+        sender = in_thread(trickle)
+        fetch = in_thread(
+            lambda: peer.syncfile("big.bin", {"ip": LOOPBACK, "port": server.getsockname()[1], "mtime": 1})
+        )
+        started.wait(10)
+        wait_until(lambda: (tmp_path / "big.bin.part").exists(), 10, "the partial file")
+        peer.exit()
+        assert fetch() is False
+        sender()
+    assert list(tmp_path.iterdir()) == []
