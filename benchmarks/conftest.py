@@ -1,0 +1,22 @@
+"""Options for the benchmark suite."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--big", action="store_true", help="include the 1 GiB transfer cases")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--big"):
+        return
+    skip = pytest.mark.skip(reason="1 GiB case: run with --big")
+    for item in items:
+        if "big" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "big: a 1 GiB case, only with --big")
