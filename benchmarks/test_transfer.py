@@ -12,6 +12,8 @@ import importlib
 import multiprocessing
 import os
 import socket
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -137,3 +139,37 @@ def test_content_length_receive(benchmark, holder: tuple, how: str) -> None:
     dest.unlink()
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["MiB/s"] = round(size / benchmark.stats.stats.median / MiB)
+
+
+def test_interleaved_ratios(benchmark, holder: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every round runs each receiver once, in rotating order, so a noisy moment
+    hits all of them alike; the ratios are medians of per-round ratios to raw."""
+    size, protocol_address, raw_address, folder = holder
+    names = [name for name, fetch in FETCHERS.items() if fetch is not None]
+    rounds = 7 if size < 1024 * MiB else 5
+    times: dict[str, list[float]] = {name: [] for name in names}
+
+    def run_rounds() -> None:
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fetch = FETCHERS[name]
+                assert fetch is not None
+                dest = folder / f"interleaved-{name}.bin"
+                dest.unlink(missing_ok=True)
+                began = time.perf_counter()
+                copied = fetch(raw_address if name == "raw" else protocol_address, dest)
+                times[name].append(time.perf_counter() - began)
+                assert copied == size == dest.stat().st_size
+                dest.unlink()
+
+    benchmark.group = f"interleaved rounds, {size // MiB} MiB"
+    benchmark.pedantic(run_rounds, rounds=1, iterations=1)
+    lines = [f"\n{size // MiB} MiB, {rounds} interleaved rounds (median MiB/s, median per-round ratio to raw):"]
+    for name in names:
+        speed = round(size / statistics.median(times[name]) / MiB)
+        ratio = statistics.median(raw / mine for raw, mine in zip(times["raw"], times[name], strict=True))
+        benchmark.extra_info[f"{name} MiB/s"] = speed
+        benchmark.extra_info[f"{name} / raw"] = round(ratio, 3)
+        lines.append(f"  {name:>7}: {speed:6d} MiB/s  {ratio:.2f}x raw")
+    with capsys.disabled():
+        print("\n".join(lines))

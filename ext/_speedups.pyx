@@ -23,7 +23,7 @@ from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
 __all__ = ["MAX_LINE_BYTES", "RECV_BUFFER_BYTES", "Buffer", "LineSplitter", "recv_to_file", "send_from_file"]
 
 MAX_LINE_BYTES = 64 * 1024
-RECV_BUFFER_BYTES = 256 * 1024
+RECV_BUFFER_BYTES = 1024 * 1024
 
 cdef enum:
     QUOTED_BYTES = 100  # how much of an overlong line an error quotes

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 MAX_LINE_BYTES = 64 * 1024  # default bound on one line, without its newline
-RECV_BUFFER_BYTES = 256 * 1024  # the one buffer a receive moves bytes through
+RECV_BUFFER_BYTES = 1024 * 1024  # the one buffer a receive moves bytes through (1 MiB: measured best)
 _QUOTED_BYTES = 100  # how much of an overlong line an error quotes
 
 
@@ -100,13 +100,18 @@ class LineSplitter:
         buf = self._buf
         start = self._start
         last = buf.rfind(b"\n", self._scan)
-        if last < 0 or (last - start > self.max_line and _longest(buf, start, last) > self.max_line):
-            out = []  # no full line, or one too long: the line-by-line path finds where
+        if last < 0:
+            self.next_line()  # no full line: only the bound check is left to do
+            return []
+        with memoryview(buf) as view:
+            found = bytes(view[start:last]).split(b"\n")  # one copy, one C call
+        # The lines' bytes add up to (last - start) minus the newlines; when that
+        # is within the bound, so is every line, and none needs measuring.
+        if (last - start) - (len(found) - 1) > self.max_line and max(map(len, found)) > self.max_line:
+            out = []  # a line is too long: the line-by-line path finds which, and raises there
             while (line := self.next_line()) is not None:
                 out.append(line)
             return out
-        with memoryview(buf) as view:
-            found = bytes(view[start:last]).split(b"\n")  # one copy, one C call
         self._start = last + 1
         self._scan = len(buf)  # rfind already searched the tail
         if len(buf) - self._start > self.max_line:
@@ -179,10 +184,6 @@ class Buffer:
     def take(self, limit: int) -> bytes:
         """Remove and return up to `limit` bytes received past the last line."""
         return self._splitter.take(limit)
-
-
-def _longest(buf: bytearray, start: int, end: int) -> int:
-    return max(map(len, buf[start:end].split(b"\n")))
 
 
 def _write_all(fd: int, view: memoryview) -> None:

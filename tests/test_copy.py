@@ -15,7 +15,7 @@ from p2psync.errors import TransferError
 
 from .loopback import in_thread, tcp_pair
 
-BUF = 256 * 1024  # the backends' receive buffer
+BUF = 1024 * 1024  # the backends' receive buffer
 SIZES = [0, 1, BUF - 1, BUF, BUF + 1, 3 * BUF + 17]
 
 
