@@ -369,3 +369,13 @@ def test_exit_is_quick_and_leaves_no_part(tmp_path: Path, make_peer) -> None:
         assert fetch() is False
         sender()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_removed_locally_leaves_the_directory(tmp_path: Path, start_tracker, make_peer) -> None:
+    tracker = start_tracker()
+    (tmp_path / "temp.txt").write_text("short-lived")
+    peer = make_peer(tmp_path, tracker.port, **FAST)
+    peer.start()
+    wait_until(lambda: "temp.txt" in tracker.directory.entries(), 10, "the tracker to list the file")
+    (tmp_path / "temp.txt").unlink()
+    wait_until(lambda: "temp.txt" not in tracker.directory.entries(), 10, "the next report to drop it")
