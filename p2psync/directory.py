@@ -29,12 +29,10 @@ class _Chosen:
 
 
 def _same_version(a: FileInfo, b: FileInfo) -> bool:
-    """Same mtime, and no extension key that says otherwise (classic peers send none)."""
-    if a.mtime != b.mtime:
-        return False
-    if a.size is not None and b.size is not None and a.size != b.size:
-        return False
-    return a.sha256 is None or b.sha256 is None or a.sha256 == b.sha256
+    """The same bytes, as far as the reports can tell: same mtime and size, and the
+    same hash (so a hashed version's sources are all p2psync peers, which can
+    verify and resume; a classic peer's file, with no hash, is never among them)."""
+    return a.mtime == b.mtime and a.sha256 == b.sha256 and a.size == b.size
 
 
 class Directory:

@@ -10,6 +10,7 @@ __all__ = [
     "ConnectionClosed",
     "P2PSyncError",
     "ProtocolError",
+    "Refused",
     "TransferError",
     "UnsafeName",
 ]
@@ -31,6 +32,10 @@ class ConnectionClosed(ProtocolError):
 class TransferError(P2PSyncError):
     """A file transfer failed: short stream, size or hash mismatch, timeout,
     a refusal from the holder, or a source file that changed while sent."""
+
+
+class Refused(TransferError):
+    """The holder answered a request with an `Error: ...` line instead of the file."""
 
 
 class UnsafeName(P2PSyncError):

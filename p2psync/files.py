@@ -26,11 +26,13 @@ from .errors import UnsafeName
 from .names import PART_SUFFIX, is_ignored, safe_name
 from .protocol import FileInfo
 
-__all__ = ["Folder", "LocalFile", "PartialFile", "get_file_info"]
+__all__ = ["STATE_DIR", "Folder", "LocalFile", "PartialFile", "get_file_info"]
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK_BYTES = 1 << 20
+STATE_DIR = ".p2psync"  # hidden, a folder: never scanned, never a servable name
+_PARTIAL_SUFFIX = ".partial"
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -183,31 +185,104 @@ class Folder:
         vfs = os.statvfs(self._dir_fd)
         return vfs.f_bavail * vfs.f_frsize
 
-    @contextlib.contextmanager
-    def partial(self, name: str) -> Iterator[PartialFile]:
-        """A `name.part` to download into; removed unless committed.
+    def prune_partials(self, wanted: set[str]) -> None:
+        """Delete kept partial downloads of versions no longer wanted (by sha256)."""
+        state = self._state_dir(create=False)
+        if state is None:
+            return
+        try:
+            for entry in os.scandir(state):
+                digest = entry.name.removesuffix(_PARTIAL_SUFFIX)
+                if entry.name.endswith(_PARTIAL_SUFFIX) and digest not in wanted:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=state)
+        finally:
+            os.close(state)
 
-        Raises `UnsafeName` for a name that may not be written here.
+    def _state_dir(self, create: bool) -> int | None:
+        """A descriptor of the hidden `.p2psync` folder (never a symlink), or None."""
+        flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+        try:
+            return os.open(STATE_DIR, flags, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+        except OSError as exc:
+            log.warning("%s/%s is unusable (%s); downloads will not be resumable", self.root, STATE_DIR, exc)
+            return None
+        try:
+            os.mkdir(STATE_DIR, 0o700, dir_fd=self._dir_fd)
+            return os.open(STATE_DIR, flags, dir_fd=self._dir_fd)
+        except OSError as exc:
+            log.warning("cannot create %s/%s (%s); downloads will not be resumable", self.root, STATE_DIR, exc)
+            return None
+
+    def digest(self, fd: int, st: os.stat_result) -> str:
+        """The SHA-256 of an open file, from the scan's cache when unchanged."""
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            cached = self._hashes.get(key)
+        return cached or _hash_fd(fd)
+
+    @contextlib.contextmanager
+    def partial(self, name: str, sha256: str | None = None) -> Iterator[PartialFile]:
+        """A partial download of `name` to write into; removed unless committed.
+
+        With the version's `sha256` known, the partial is kept in the hidden
+        `.p2psync` folder when the transfer fails, and `offset` says how much of
+        it a later attempt can resume from. Without it, it is `name.part`,
+        removed on failure. Raises `UnsafeName` for a name that may not be
+        written here.
         """
         safe_name(name)
         if is_ignored(name):
             raise UnsafeName(f"{name!r} is not a synced file")
-        part = PartialFile(self, name)
+        state = self._state_dir(create=True) if sha256 is not None else None
+        part = PartialFile(self, name, state, sha256)
         try:
             yield part
         finally:
-            part.discard()
+            part.close()
 
 
 class PartialFile:
-    """A download in progress: `fd` to write to, then `commit(mtime)`."""
+    """A download in progress: write at `fd` (positioned at `offset`), then `commit(mtime)`."""
 
-    def __init__(self, folder: Folder, name: str) -> None:
+    def __init__(self, folder: Folder, name: str, state_fd: int | None, sha256: str | None) -> None:
         self.folder = folder
         self.name = name
-        self.part_name = name + PART_SUFFIX
-        self.fd: int = folder._open(self.part_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._state_fd = state_fd
+        if state_fd is not None and sha256 is not None:
+            self._dir_fd, self.part_name, self._keep = state_fd, sha256 + _PARTIAL_SUFFIX, True
+            self.fd: int = os.open(
+                self.part_name, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600, dir_fd=state_fd
+            )
+            self.offset = os.lseek(self.fd, 0, os.SEEK_END)
+        else:
+            self._dir_fd, self.part_name, self._keep = folder._dir_fd, name + PART_SUFFIX, False
+            self.fd = folder._open(self.part_name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.offset = 0
         self._done = False
+
+    def feed_prefix(self, hasher: Any) -> None:
+        """Hash the `offset` bytes already on disk (before resuming after them)."""
+        position = 0
+        while position < self.offset:
+            chunk = os.pread(self.fd, min(_HASH_CHUNK_BYTES, self.offset - position), position)
+            if not chunk:
+                raise OSError(errno.EIO, "partial download shrank while being resumed")
+            hasher.update(chunk)
+            position += len(chunk)
+
+    def restart(self) -> None:
+        """Throw away what was kept and start from byte 0."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.offset = 0
+
+    def abandon(self) -> None:
+        """These bytes are wrong (bad hash or size): delete them, never resume them."""
+        self._keep = False
 
     def commit(self, mtime: int) -> bool:
         """Install the download as `name` with `mtime`, atomically.
@@ -215,23 +290,31 @@ class PartialFile:
         Returns False (and installs nothing) when the local file became as new
         as `mtime` meanwhile: a local edit is never overwritten by an older copy.
         """
-        dir_fd = self.folder._dir_fd
         os.utime(self.fd, (mtime, mtime))  # before the rename: no moment with a wrong mtime
         os.close(self.fd)
         self.fd = -1
         current = self.folder.stat(self.name)
         if current is not None and current.st_mtime_ns // 1_000_000_000 >= mtime:
+            self._keep = False
             return False
-        os.replace(self.part_name, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(self.part_name, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self.folder._dir_fd)
         self._done = True
         return True
 
-    def discard(self) -> None:
-        """Close and remove the partial file, unless committed."""
+    def close(self) -> None:
+        """Close; remove the partial unless committed or kept for a resume."""
         if self.fd >= 0:
+            size = os.fstat(self.fd).st_size
             os.close(self.fd)
             self.fd = -1
+            if self._keep and size > 0:
+                self._done = True  # kept: a later fetch of this version resumes it
         if not self._done:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.part_name, dir_fd=self.folder._dir_fd)
+                os.unlink(self.part_name, dir_fd=self._dir_fd)
             self._done = True
+        if self._state_fd is not None:
+            os.close(self._state_fd)
+            self._state_fd = None
+            with contextlib.suppress(OSError):  # leave no empty state folder behind
+                os.rmdir(STATE_DIR, dir_fd=self.folder._dir_fd)

@@ -21,10 +21,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .errors import P2PSyncError, ProtocolError, TransferError, UnsafeName
+from .errors import ProtocolError, UnsafeName
+from .fetch import Fetcher
 from .files import Folder, LocalFile, get_file_info
 from .names import is_ignored, safe_name
 from .protocol import (
@@ -32,12 +33,12 @@ from .protocol import (
     FileInfo,
     decode_directory,
     decode_entry,
-    decode_request,
     encode_init,
     encode_keepalive,
-    encode_refusal,
 )
-from .transfer import Buffer, download, upload
+from .server import FileServer
+from .transfer import Buffer
+from .watchdog import Watchdog
 
 __all__ = [
     "Buffer",
@@ -56,11 +57,7 @@ SYNC_INTERVAL_S = 5.0  # the classic round
 FIRST_SYNC_DELAY_S = 2.0  # the classic first round, after start()
 TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
 MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is down
-REQUEST_TIMEOUT_S = 30.0  # a requester must send its name line within this
-TRANSFER_TIMEOUT_S = 60.0  # per receive or send while a file moves
-MAX_DIRECTORY_BYTES = 256 * 1024 * 1024  # one directory line from the tracker
-MAX_REQUEST_BYTES = 4096  # one request line: a name is at most 255 bytes
-MAX_SERVING = 64  # concurrent file requests served; past it, a clear refusal
+MAX_DIRECTORY_BYTES = 256 * 1024 * 1024  # one directory line from the tracker: ~2 million entries
 
 
 # ------------------------------------------------------------------ classic helpers
@@ -131,6 +128,7 @@ class FileSynchronizer(threading.Thread):
         interval: float = SYNC_INTERVAL_S,
         first_delay: float = FIRST_SYNC_DELAY_S,
         max_backoff: float = MAX_BACKOFF_S,
+        max_file_size: int | None = None,
     ) -> None:
         super().__init__(name=f"p2psync-peer-{port}", daemon=True)
         self.trackerhost = trackerhost
@@ -159,20 +157,16 @@ class FileSynchronizer(threading.Thread):
         self._first_round = True
         self._backoff = 0.0
         self._stopping = threading.Event()
-        self._serving = threading.BoundedSemaphore(MAX_SERVING)
-        self._threads: list[threading.Thread] = []
-        self._downloads: set[socket.socket] = set()  # shut down by exit(), so no .part outlives us
-        self._downloads_lock = threading.Lock()
-        self._downloads_done = threading.Condition(self._downloads_lock)
+        self._watchdog = Watchdog()
+        self._file_server = FileServer(self.server, self.folder, self._watchdog, self.BUFFER_SIZE)
+        self._fetcher = Fetcher(self.folder, self._watchdog, (host, self.port), max_file_size)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         """Serve file requests, connect to the tracker, sync every `interval` seconds."""
-        server_thread = threading.Thread(target=self._serve_forever, name=f"{self.name}-server", daemon=True)
-        server_thread.start()
-        self._threads.append(server_thread)
+        self._file_server.start(self.name)
         try:
             self._connect()
         except OSError as exc:
@@ -187,22 +181,19 @@ class FileSynchronizer(threading.Thread):
 
     def exit(self) -> None:
         """Stop every thread and close every socket; returns within a second."""
+        deadline = time.monotonic() + 0.9
         self._stopping.set()
-        with self._downloads_lock:
-            in_flight = [*self._downloads, self.server, self.client]
-        for sock in in_flight:
+        self._file_server.stop()
+        for sock in (self.server, self.client):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self.server.close()
-        self.client.close()
-        deadline = time.monotonic() + 0.9
+            sock.close()
+        idle = self._fetcher.abort_all(0.5)  # downloads remove or keep their partial, then end
         me = threading.current_thread()
-        for thread in [self, *self._threads]:
+        for thread in [self, *self._file_server.threads]:
             if thread.is_alive() and thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        with self._downloads_lock:  # downloads remove their .part, then leave the set
-            self._downloads_done.wait_for(lambda: not self._downloads, max(0.0, deadline - time.monotonic()))
-            idle = not self._downloads
+        self._watchdog.close()
         if idle and not self.is_alive():
             self.folder.close()
 
@@ -293,6 +284,7 @@ class FileSynchronizer(threading.Thread):
     # ------------------------------------------------------------ fetching
 
     def _fetch_newer(self, directory: Mapping[str, DirectoryEntry]) -> None:
+        wanted: set[str] = set()  # versions still worth a kept partial download
         for name, entry in directory.items():
             if self._stopping.is_set():
                 return
@@ -310,7 +302,10 @@ class FileSynchronizer(threading.Thread):
             if local is not None and entry.sha256 == local.sha256 and entry.size == local.size:
                 self.folder.set_mtime(name, entry.mtime)  # same bytes, newer stamp: no transfer
                 continue
-            self._fetch(name, entry)
+            if entry.sha256 is not None:
+                wanted.add(entry.sha256)
+            self._fetcher.fetch(name, entry)
+        self.folder.prune_partials(wanted)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -328,110 +323,13 @@ class FileSynchronizer(threading.Thread):
         except ProtocolError as exc:
             log.warning("%s: bad holder description %r: %s", filename, info, exc)
             return False
-        return self._fetch(filename, entry)
-
-    def _fetch(self, name: str, entry: DirectoryEntry) -> bool:
-        """Try each holder of the version in turn until one delivers a verified copy."""
-        for ip, port in entry.holders():
-            if port == self.port and ip in ("127.0.0.1", "::1", self.host):
-                continue  # that holder is this peer
-            try:
-                if self._fetch_from(name, entry, ip, port):
-                    log.info("fetched %s (%s bytes) from %s:%d", name, entry.size or "?", ip, port)
-                    return True
-                return False  # a newer local copy appeared: nothing to do
-            except (P2PSyncError, OSError) as exc:
-                log.warning("fetching %s from %s:%d failed: %s", name, ip, port, exc)
-        return False
-
-    def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int) -> bool:
-        with (
-            socket.create_connection((ip, port), timeout=TRANSFER_TIMEOUT_S) as sock,
-            self._tracked(sock),
-            self.folder.partial(name) as part,
-        ):
-            download(
-                sock,
-                name,
-                part.fd,
-                max_size=self.folder.free_bytes(),
-                expected_size=entry.size,
-                expected_sha256=entry.sha256,
-            )
-            return part.commit(entry.mtime)
-
-    @contextlib.contextmanager
-    def _tracked(self, sock: socket.socket) -> Iterator[None]:
-        with self._downloads_lock:
-            if self._stopping.is_set():
-                raise TransferError("peer is stopping")
-            self._downloads.add(sock)
-        try:
-            yield
-        finally:
-            with self._downloads_lock:
-                self._downloads.discard(sock)
-                self._downloads_done.notify_all()
+        return self._fetcher.fetch(filename, entry)
 
     # ------------------------------------------------------------ serving
 
-    def _serve_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, addr = self.server.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            if not self._serving.acquire(blocking=False):
-                log.warning("peer %s:%d: refused, already serving %d requests", addr[0], addr[1], MAX_SERVING)
-                _refuse(conn, "busy, try again later")
-                continue
-            worker = threading.Thread(target=self._serve_one, args=(conn, addr), daemon=True)
-            worker.start()
-
-    def _serve_one(self, conn: socket.socket, addr: Any) -> None:
-        try:
-            self.process_message(conn, addr)
-        finally:
-            self._serving.release()
-
     def process_message(self, conn: socket.socket, addr: Any) -> None:
         """Serve one request on an accepted connection: `name\\n` -> header + bytes."""
-        who = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        fd = -1
-        try:
-            conn.settimeout(REQUEST_TIMEOUT_S)
-            line = Buffer(conn, self.BUFFER_SIZE, MAX_REQUEST_BYTES).read_line()
-            name = decode_request(line)
-            fd, st = self.folder.open_for_serving(name)
-            conn.settimeout(TRANSFER_TIMEOUT_S)
-            upload(conn, fd, st.st_size)
-            log.debug("served %s (%d bytes) to %s", name, st.st_size, who)
-        except FileNotFoundError:
-            log.info("peer %s: asked for a file this peer does not have; refusing", who)
-            _refuse(conn, "no such file")
-        except (UnsafeName, ProtocolError) as exc:
-            log.warning("peer %s: %s; refusing", who, exc)
-            _refuse(conn, str(exc))
-        except TransferError as exc:
-            log.warning("peer %s: transfer aborted: %s", who, exc)
-        except OSError as exc:
-            log.warning("peer %s: %s; closing", who, exc)
-            _refuse(conn, "cannot read that file")
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            conn.close()
-
-
-def _refuse(conn: socket.socket, reason: str) -> None:
-    try:
-        conn.sendall(encode_refusal(reason))
-    except OSError:
-        pass  # it has gone already; nothing more to tell it
-    finally:
-        conn.close()
+        self._file_server.serve(conn, addr)
 
 
 def main(argv: list[str] | None = None) -> int:

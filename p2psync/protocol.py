@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError, TransferError
+from .errors import ProtocolError, Refused
 from .names import safe_name
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_FILES_PER_MESSAGE",
     "DirectoryEntry",
     "FileInfo",
+    "FileRequest",
     "PeerMessage",
     "decode_directory",
     "decode_entry",
@@ -266,23 +267,47 @@ def decode_entry(name: str, item: Any) -> DirectoryEntry:
 # ---------------------------------------------------------------- peer <-> peer
 
 
-def encode_request(name: str) -> bytes:
-    """A file request, `name\\n`. Raises `UnsafeName` for a name we would never send."""
-    return safe_name(name).encode("utf-8") + b"\n"
+@dataclass(frozen=True)
+class FileRequest:
+    """A request for a file: classic (`offset` 0), or a resume of one version from `offset`."""
+
+    name: str
+    offset: int = 0
+    sha256: str | None = None  # the version being resumed; set whenever offset > 0
 
 
-def decode_request(line: bytes) -> str:
-    """The requested name from a request line (without its `\\n`).
-
-    Raises `ProtocolError` for bytes that are not UTF-8 and `UnsafeName` for a
-    name that is not a plain file of the folder.
+def encode_request(name: str, offset: int = 0, sha256: str | None = None) -> bytes:
+    """A file request: classic `name\n`, or the resume extension
+    `name NUL offset NUL sha256 \n`, which only goes to p2psync holders (those
+    that advertise a hash). Raises `UnsafeName` for a name we would never send.
     """
+    head = safe_name(name).encode("utf-8")
+    if not offset:
+        return head + b"\n"
+    if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
+        raise ValueError("a resume needs a positive offset and the version's sha256")
+    return b"%s\x00%d\x00%s\n" % (head, offset, sha256.encode("ascii"))
+
+
+def decode_request(line: bytes) -> FileRequest:
+    """The request in a request line (without its `\n`).
+
+    Raises `ProtocolError` for bytes that are not UTF-8 or a malformed resume,
+    and `UnsafeName` for a name that is not a plain file of the folder.
+    """
+    head, resume, tail = line.partition(b"\x00")
     try:
-        name = line.decode("utf-8")
+        name = head.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
     # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
-    return safe_name(name.removesuffix("\r"))
+    name = safe_name(name.removesuffix("\r"))
+    if not resume:
+        return FileRequest(name)
+    offset, _, sha256 = tail.partition(b"\x00")
+    if not offset.isdigit() or len(offset) > 20 or not _SHA256_HEX.match(sha256.decode("ascii", "replace")):
+        raise ProtocolError(f"bad resume request (want name NUL offset NUL sha256): {_shown(line)}")
+    return FileRequest(name, int(offset), sha256.decode("ascii"))
 
 
 def encode_header(size: int) -> bytes:
@@ -301,12 +326,12 @@ def encode_refusal(reason: str) -> bytes:
 def decode_reply(line: bytes) -> int:
     """The N of a `Content-Length: N` reply line (without its `\\n`).
 
-    Raises `TransferError` when the holder refused (any line that is not a
-    header) and `ProtocolError` for a header whose length is not a number.
+    Raises `Refused` (a `TransferError`) when the holder refused (any line
+    that is not a header) and `ProtocolError` for a header whose length is not a number.
     """
     if not line.startswith(CONTENT_LENGTH):
         text = line.decode("utf-8", "replace").strip()
-        raise TransferError(f"holder refused: {text[:_SHOWN_BYTES]!r}")
+        raise Refused(f"holder refused: {text[:_SHOWN_BYTES]!r}")
     value = line[len(CONTENT_LENGTH) :].strip()
     if not value.isdigit() or len(value) > 20:
         raise ProtocolError(f"bad Content-Length header: {_shown(line)}")

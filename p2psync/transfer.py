@@ -2,14 +2,13 @@
 
 Strategy: `p2psync._speedups` (Cython) is used unless `P2PSYNC_NO_EXTENSIONS=1`
 is set or it is not built; `p2psync._twin` (pure Python) has the same names and
-behaviour. Everything else imports the core from here. `download` and `upload`
+behaviour. Everything else imports the core from here. `request` and `upload`
 are the two halves of the peer-to-peer exchange: the message bytes come from
 `protocol`, the copy loops from the core; no file naming or folder logic here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -23,9 +22,9 @@ __all__ = [
     "RECV_BUFFER_BYTES",
     "Buffer",
     "LineSplitter",
-    "download",
     "recv_to_file",
     "send_from_file",
+    "request",
     "upload",
 ]
 
@@ -53,40 +52,47 @@ else:
         BACKEND = "python"
 
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
+CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
 
 
-def upload(sock: socket.socket, fd: int, size: int) -> int:
-    """Answer a request: `Content-Length: size\\n`, then `size` bytes of `fd` from its start.
+def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) -> int:
+    """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`.
 
-    Raises `TransferError` if the file ends early or the socket fails.
+    `st` is the file's stat when it was opened. The file is checked between
+    chunks, and once more before the last byte goes out: if it changed (size or
+    mtime), the transfer stops short, so even a classic receiver, which has no
+    hash to check, sees a failed transfer rather than a torn file. Raises
+    `TransferError` then, or if the socket fails.
     """
+    size = st.st_size
+    if not 0 <= offset <= size:
+        raise TransferError(f"offset {offset} is outside the {size}-byte file")
     try:
-        sock.sendall(encode_header(size))
+        sock.sendall(encode_header(size - offset))
     except OSError as exc:
         raise TransferError(f"send failed: {exc.strerror or exc}") from None
-    return send_from_file(sock, fd, 0, size)
+    position = offset
+    while position < size:
+        end = size if position == size - 1 else min(position + CHANGE_CHECK_BYTES, size - 1)
+        send_from_file(sock, fd, position, end - position)
+        position = end
+        if position < size:
+            now = os.fstat(fd)
+            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise TransferError(f"file changed while being sent; stopped after {position - offset} bytes")
+    return size - offset
 
 
-def download(
-    sock: socket.socket,
-    name: str,
-    fd: int,
-    *,
-    max_size: int | None = None,
-    expected_size: int | None = None,
-    expected_sha256: str | None = None,
-) -> int:
-    """Request `name` on a connected `sock` and write its bytes to `fd`; returns the size.
+def request(sock: socket.socket, name: str, offset: int = 0, sha256: str | None = None) -> tuple[int, Buffer]:
+    """Ask a holder for `name` (from `offset` of version `sha256`, to resume).
 
-    Refuses a `Content-Length` above `max_size`, or different from
-    `expected_size` when the directory said the size. When `expected_sha256`
-    is given, the bytes are hashed as they arrive (no second pass) and a
-    mismatch raises. Raises `TransferError` (refused, short, too big, wrong
-    hash, timeout) or `ProtocolError` (a malformed reply); the caller deletes
-    what was written to `fd`.
+    Returns the announced length and the reader holding any body bytes that
+    came with the header (pass it to `recv_to_file`). Raises `Refused` when the
+    holder answers `Error: ...`, `TransferError` when it fails or stays silent
+    (the socket's timeout), `ProtocolError` for a malformed reply.
     """
     try:
-        sock.sendall(encode_request(name))
+        sock.sendall(encode_request(name, offset, sha256))
     except OSError as exc:
         raise TransferError(f"sending the request failed: {exc.strerror or exc}") from None
     reader = Buffer(sock, 8192, HEADER_MAX_BYTES)
@@ -96,17 +102,4 @@ def download(
         raise TransferError("timed out waiting for the Content-Length header") from None
     except OSError as exc:
         raise TransferError(f"receiving the header failed: {exc.strerror or exc}") from None
-    size = decode_reply(header)
-    if max_size is not None and size > max_size:
-        raise TransferError(f"holder offers {size} bytes, more than the {max_size} allowed")
-    if expected_size is not None and size != expected_size:
-        raise TransferError(f"holder offers {size} bytes, the directory said {expected_size}")
-    if expected_sha256 is None:
-        return recv_to_file(sock, fd, size, reader)
-    hasher = hashlib.sha256()
-    recv_to_file(sock, fd, size, reader, hasher)
-    if hasher.hexdigest() != expected_sha256:
-        raise TransferError(
-            f"content hash {hasher.hexdigest()[:16]}... is not the advertised {expected_sha256[:16]}..."
-        )
-    return size
+    return decode_reply(header), reader

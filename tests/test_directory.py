@@ -58,7 +58,8 @@ def test_different_content_at_the_same_mtime_is_not_a_source() -> None:
     d = Directory()
     d.report(A, [FileInfo("f", 100, 3, SHA1)])
     d.report(B, [FileInfo("f", 100, 3, SHA2)])
-    d.report(C, [FileInfo("f", 100)])  # a classic peer: no hash to contradict
+    d.report(C, [FileInfo("f", 100, 3, SHA1)])
+    d.report(("10.0.0.4", 1), [FileInfo("f", 100)])  # a classic peer: nothing to verify or resume with
     assert d.entries()["f"].sources == (A, C)
 
 

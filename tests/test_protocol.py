@@ -14,6 +14,7 @@ from p2psync.names import safe_name
 from p2psync.protocol import (
     DirectoryEntry,
     FileInfo,
+    FileRequest,
     PeerMessage,
     decode_directory,
     decode_peer_message,
@@ -119,14 +120,31 @@ def test_malformed_directories(line: bytes, complaint: str) -> None:
 
 def test_request_line() -> None:
     assert encode_request("test.txt") == b"test.txt\n"
-    assert decode_request(b"test.txt") == "test.txt"
-    assert decode_request(b"test.txt\r") == "test.txt"  # a CRLF client
-    assert decode_request("résumé.pdf".encode()) == "résumé.pdf"
+    assert decode_request(b"test.txt") == FileRequest("test.txt")
+    assert decode_request(b"test.txt\r") == FileRequest("test.txt")  # a CRLF client
+    assert decode_request("résumé.pdf".encode()) == FileRequest("résumé.pdf")
+
+
+def test_resume_request_bytes() -> None:
+    line = encode_request("big.iso", 1234, SHA)
+    assert line == b"big.iso\x001234\x00" + SHA.encode() + b"\n"
+    assert decode_request(line[:-1]) == FileRequest("big.iso", 1234, SHA)
+    assert encode_request("big.iso", 0, SHA) == b"big.iso\n"  # nothing to resume: the classic form
+    with pytest.raises(ValueError):
+        encode_request("big.iso", 5)
+
+
+@pytest.mark.parametrize(
+    "line", [b"a\x00", b"a\x00x\x00" + SHA.encode(), b"a\x00-1\x00" + SHA.encode(), b"a\x005\x00nothex", b"a\x005"]
+)
+def test_malformed_resume_requests(line: bytes) -> None:
+    with pytest.raises(ProtocolError, match="bad resume request"):
+        decode_request(line)
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"", b"..", b".", b"../etc/passwd", b"/etc/passwd", b"a/b", b"a\\b", b"C:x", b"a\x00b", b"NUL.txt", b"x" * 300],
+    [b"", b"..", b".", b"../etc/passwd", b"/etc/passwd", b"a/b", b"a\\b", b"C:x", b"a\tb", b"NUL.txt", b"x" * 300],
 )
 def test_unsafe_requests_are_refused(line: bytes) -> None:
     with pytest.raises(UnsafeName):

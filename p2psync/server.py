@@ -1,0 +1,156 @@
+"""The file server of a peer: `name\\n` in, `Content-Length: N\\n` + N bytes out.
+
+Strategy: one thread accepts and hands connections to a fixed pool of
+workers through a bounded queue, so a burst of requests waits its turn
+instead of being refused, and a flood past the queue gets `Error: busy`
+rather than a thread each. Every exchange has an overall deadline enforced by
+the watchdog (a client trickling one byte a minute is cut off), every name is
+checked before the folder opens it, and every refusal is one log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+from typing import Any
+
+from .errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
+from .files import Folder
+from .protocol import decode_request, encode_refusal
+from .transfer import Buffer, upload
+from .watchdog import Watchdog
+
+__all__ = [
+    "MAX_QUEUED",
+    "MAX_REQUEST_BYTES",
+    "MIN_RATE_BYTES_S",
+    "REQUEST_TIMEOUT_S",
+    "WORKERS",
+    "FileServer",
+    "transfer_deadline",
+]
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 10.0  # from accept to a complete request line
+MAX_REQUEST_BYTES = 4096  # one request line: a name is at most 255 bytes
+WORKERS = 32  # requests served at once
+MAX_QUEUED = 1024  # accepted requests waiting for a worker; past it, `Error: busy`
+MIN_RATE_BYTES_S = 64 * 1024  # a transfer slower than this on average is cut off
+BASE_TRANSFER_S = 60.0  # ... after this much grace
+
+
+def transfer_deadline(nbytes: int) -> float:
+    """Seconds allowed for moving `nbytes`: a grace period plus the minimum rate."""
+    return BASE_TRANSFER_S + nbytes / MIN_RATE_BYTES_S
+
+
+def refuse(conn: socket.socket, reason: str) -> None:
+    """Send one `Error: ...` line, if the client is still there, and close."""
+    with contextlib.suppress(OSError):
+        conn.sendall(encode_refusal(reason))
+    conn.close()
+
+
+def _who(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+class FileServer:
+    """Serves the files of `folder` on the listening socket `listener`."""
+
+    def __init__(self, listener: socket.socket, folder: Folder, watchdog: Watchdog, buffer_size: int = 8192) -> None:
+        self.listener = listener
+        self.folder = folder
+        self.watchdog = watchdog
+        self.buffer_size = buffer_size
+        self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(MAX_QUEUED)
+        self._stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, name: str) -> None:
+        for i in range(WORKERS):
+            worker = threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+            worker.start()
+            self.threads.append(worker)
+        acceptor = threading.Thread(target=self._accept_forever, name=f"{name}-accept", daemon=True)
+        acceptor.start()
+        self.threads.append(acceptor)
+
+    def stop(self) -> None:
+        """Stop accepting; workers finish their request and leave (the caller closes the listener)."""
+        self._stopping.set()
+        while True:  # the waiting connections get closed, the workers a stop sign each
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].close()
+        for _ in range(WORKERS):
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+
+    def _accept_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self.listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            try:
+                self._queue.put_nowait((conn, addr))
+            except queue.Full:
+                log.warning("peer %s: refused, %d requests already waiting", _who(addr), MAX_QUEUED)
+                refuse(conn, "busy, try again later")
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._stopping.is_set():
+                item[0].close()
+                continue
+            self.serve(*item)
+
+    def serve(self, conn: socket.socket, addr: Any) -> None:
+        """Serve one request on an accepted connection, then close it; never raises
+        for anything the client did."""
+        who = _who(addr)
+        fd = -1
+        try:
+            conn.settimeout(REQUEST_TIMEOUT_S)
+            with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
+                line = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES).read_line()
+            request = decode_request(line)
+            fd, st = self.folder.open_for_serving(request.name)
+            if request.offset and self.folder.digest(fd, st) != request.sha256:
+                raise UnsafeName(f"{request.name!r}: that version is no longer here, cannot resume it")
+            conn.settimeout(BASE_TRANSFER_S)
+            with self.watchdog.limit(conn, transfer_deadline(st.st_size - request.offset), "the upload"):
+                sent = upload(conn, fd, st, request.offset)
+            log.debug("served %s (%d bytes from %d) to %s", request.name, sent, request.offset, who)
+        except ConnectionClosed:
+            log.debug("peer %s: closed without asking for anything", who)
+        except TimeoutError:
+            log.warning("peer %s: no request within %g s; closing", who, REQUEST_TIMEOUT_S)
+        except FileNotFoundError:
+            log.info("peer %s: asked for a file this peer does not have; refusing", who)
+            refuse(conn, "no such file")
+        except (UnsafeName, ProtocolError) as exc:
+            log.warning("peer %s: %s; refusing", who, exc)
+            refuse(conn, str(exc))
+        except TransferError as exc:
+            log.warning("peer %s: transfer aborted: %s", who, exc)
+        except P2PSyncError as exc:
+            log.warning("peer %s: %s; closing", who, exc)
+        except OSError as exc:
+            log.warning("peer %s: %s; closing", who, exc)
+            refuse(conn, "cannot read that file")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            conn.close()
