@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -37,6 +38,14 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return int(text)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)B?", text.strip().upper())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size like 500M or 2G, got {text!r}")
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2) or " "))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="port of the embedded tracker, when there is no --tracker (default: %(default)s, or the next free one)",
     )
     sync.add_argument("--interval", type=float, default=5.0, help="seconds between sync rounds (default: 5)")
+    sync.add_argument(
+        "--max-file-size",
+        type=_size,
+        metavar="SIZE",
+        help="refuse to download files larger than this, e.g. 2G (default: the free disk space)",
+    )
     return parser
 
 
@@ -138,7 +153,14 @@ def _run_sync(args: argparse.Namespace) -> int:
         host, port = args.tracker
 
     def build(peer_port: int) -> FileSynchronizer:
-        return FileSynchronizer(host, port, peer_port, interval=args.interval, first_delay=min(2.0, args.interval))
+        return FileSynchronizer(
+            host,
+            port,
+            peer_port,
+            interval=args.interval,
+            first_delay=min(2.0, args.interval),
+            max_file_size=args.max_file_size,
+        )
 
     peer = build(args.port) if args.port is not None else bind_first_free(build, FIRST_PEER_PORT)
     peer.start()

@@ -294,7 +294,8 @@ class PartialFile:
         os.close(self.fd)
         self.fd = -1
         current = self.folder.stat(self.name)
-        if current is not None and current.st_mtime_ns // 1_000_000_000 >= mtime:
+        # A symlink or other non-file under the name is not a synced file: replace it, never follow it.
+        if current is not None and stat.S_ISREG(current.st_mode) and current.st_mtime_ns // 1_000_000_000 >= mtime:
             self._keep = False
             return False
         os.replace(self.part_name, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self.folder._dir_fd)

@@ -57,7 +57,7 @@ SYNC_INTERVAL_S = 5.0  # the classic round
 FIRST_SYNC_DELAY_S = 2.0  # the classic first round, after start()
 TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
 MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is down
-MAX_DIRECTORY_BYTES = 256 * 1024 * 1024  # one directory line from the tracker: ~2 million entries
+MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
 
 
 # ------------------------------------------------------------------ classic helpers

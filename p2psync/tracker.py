@@ -26,12 +26,14 @@ from .names import safe_name
 from .protocol import FileInfo, decode_peer_message
 from .transfer import LineSplitter
 
-__all__ = ["MAX_MESSAGE_BYTES", "PEER_TIMEOUT_S", "Tracker", "main"]
+__all__ = ["IDENTIFY_TIMEOUT_S", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES", "PEER_TIMEOUT_S", "Tracker", "main"]
 
 log = logging.getLogger(__name__)
 
 PEER_TIMEOUT_S = 180.0  # the classic liveness rule
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one Init line: room for ~150,000 file names
+IDENTIFY_TIMEOUT_S = 30.0  # a new connection must send its first message within this
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # one Init line: room for ~80,000 file names
+MAX_CONNECTIONS = 4096  # past it, new connections are closed at once (one log line each)
 _RECV_BYTES = 256 * 1024
 _SWEEP_INTERVAL_S = 1.0
 
@@ -71,14 +73,18 @@ class Tracker(threading.Thread):
         host: str = "0.0.0.0",
         *,
         peer_timeout: float = PEER_TIMEOUT_S,
+        identify_timeout: float = IDENTIFY_TIMEOUT_S,
         max_message: int = MAX_MESSAGE_BYTES,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
         self.host = host
         self.server = _listen(host, port)
         self.port: int = self.server.getsockname()[1]
         self.peer_timeout = peer_timeout
+        self.identify_timeout = identify_timeout
         self.max_message = max_message
+        self.max_connections = max_connections
         self.directory = Directory()
         self._connections: dict[socket.socket, _Connection] = {}
         self._owner: dict[PeerKey, _Connection] = {}  # the live connection that speaks for a peer
@@ -139,6 +145,10 @@ class Tracker(threading.Thread):
             except OSError as exc:  # EMFILE and the like: log, keep serving the rest
                 log.warning("tracker: accept failed: %s", exc)
                 return
+            if len(self._connections) >= self.max_connections:
+                log.warning("peer %s:%d: refused, %d connections open already", *address[:2], self.max_connections)
+                sock.close()
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local_ip = sock.getsockname()[0]
@@ -219,8 +229,9 @@ class Tracker(threading.Thread):
 
     def _expire_silent(self, now: float) -> None:
         for conn in list(self._connections.values()):
-            if now - conn.last_seen > self.peer_timeout:
-                self._close(conn, f"silent for over {self.peer_timeout:g} s", level=logging.INFO)
+            limit = self.peer_timeout if conn.peer is not None else self.identify_timeout
+            if now - conn.last_seen > limit:
+                self._close(conn, f"silent for over {limit:g} s", level=logging.INFO)
 
     def _close(self, conn: _Connection, reason: str, level: int = logging.DEBUG) -> None:
         if self._connections.pop(conn.sock, None) is None:
