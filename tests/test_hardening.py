@@ -420,3 +420,35 @@ def test_random_bytes_to_a_live_tracker(start_tracker) -> None:
         s.sendall(b'{"port": 8001, "files": [{"name": "ok", "mtime": 1}]}\n')
         assert json.loads(recv_line(s)[0]) == {"ok": {"ip": "127.0.0.1", "port": 8001, "mtime": 1}}
     assert tracker.is_alive()
+
+
+def test_a_message_listing_too_many_files_is_refused(monkeypatch) -> None:
+    from p2psync import protocol
+
+    monkeypatch.setattr(protocol, "MAX_FILES_PER_MESSAGE", 3)
+    files = [{"name": f"f{i}", "mtime": 1} for i in range(4)]
+    with pytest.raises(ProtocolError, match="lists 4 files"):
+        decode_peer_message(json.dumps({"port": 1, "files": files}).encode())
+    with pytest.raises(ProtocolError, match="lists 4 files"):
+        protocol.decode_directory(json.dumps({f"f{i}": {"ip": "x", "port": 1, "mtime": 1} for i in range(4)}).encode())
+
+
+def test_an_unchanged_folder_is_not_read_again(tmp_path: Path, monkeypatch) -> None:
+    from p2psync import files
+
+    for i in range(20):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(1000))
+    reads: list[int] = []
+    real = files._hash_fd
+    monkeypatch.setattr(files, "_hash_fd", lambda fd: reads.append(fd) or real(fd))
+    folder = files.Folder(tmp_path)
+    try:
+        first = folder.scan()
+        assert len(reads) == 20
+        assert folder.scan() == first
+        assert len(reads) == 20  # every hash came from the cache
+        (tmp_path / "f3").write_bytes(b"changed")
+        assert folder.scan()["f3"].sha256 == sha(b"changed")
+        assert len(reads) == 21  # only the changed file was read
+    finally:
+        folder.close()
