@@ -285,9 +285,8 @@ class FileSynchronizer(threading.Thread):
 
     def _fetch_newer(self, directory: Mapping[str, DirectoryEntry]) -> None:
         wanted: set[str] = set()  # versions still worth a kept partial download
+        todo: list[tuple[str, DirectoryEntry]] = []
         for name, entry in directory.items():
-            if self._stopping.is_set():
-                return
             try:
                 safe_name(name)
             except UnsafeName as exc:
@@ -304,7 +303,8 @@ class FileSynchronizer(threading.Thread):
                 continue
             if entry.sha256 is not None:
                 wanted.add(entry.sha256)
-            self._fetcher.fetch(name, entry)
+            todo.append((name, entry))
+        self._fetcher.fetch_all(todo)
         self.folder.prune_partials(wanted)
 
     def _warn_once(self, key: str, message: str) -> None:

@@ -269,45 +269,59 @@ def decode_entry(name: str, item: Any) -> DirectoryEntry:
 
 @dataclass(frozen=True)
 class FileRequest:
-    """A request for a file: classic (`offset` 0), or a resume of one version from `offset`."""
+    """A request for a file: classic, or extended (a version, an offset, keep-open)."""
 
     name: str
     offset: int = 0
-    sha256: str | None = None  # the version being resumed; set whenever offset > 0
+    sha256: str | None = None  # the version asked for; always set in the extended form
+    keep_open: bool = False  # after the reply, the connection stays open for another request
 
 
-def encode_request(name: str, offset: int = 0, sha256: str | None = None) -> bytes:
-    """A file request: classic `name\n`, or the resume extension
-    `name NUL offset NUL sha256 \n`, which only goes to p2psync holders (those
-    that advertise a hash). Raises `UnsafeName` for a name we would never send.
+KEEP_OPEN = b"keep-open"
+
+
+def encode_request(name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False) -> bytes:
+    """A file request: classic `name\\n`, or the extended form
+    `name NUL offset NUL sha256 [NUL keep-open] \\n` (resume from `offset` of the
+    version `sha256`; keep the connection for more requests). The extended
+    form only goes to p2psync holders, those that advertise a hash.
+    Raises `UnsafeName` for a name we would never send.
     """
     head = safe_name(name).encode("utf-8")
-    if not offset:
+    if not offset and not keep_open:
         return head + b"\n"
     if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
-        raise ValueError("a resume needs a positive offset and the version's sha256")
-    return b"%s\x00%d\x00%s\n" % (head, offset, sha256.encode("ascii"))
+        raise ValueError("an extended request needs the version's sha256 and an offset >= 0")
+    tail = b"\x00" + KEEP_OPEN if keep_open else b""
+    return b"%s\x00%d\x00%s%s\n" % (head, offset, sha256.encode("ascii"), tail)
 
 
 def decode_request(line: bytes) -> FileRequest:
-    """The request in a request line (without its `\n`).
+    """The request in a request line (without its `\\n`).
 
-    Raises `ProtocolError` for bytes that are not UTF-8 or a malformed resume,
-    and `UnsafeName` for a name that is not a plain file of the folder.
+    Raises `ProtocolError` for bytes that are not UTF-8 or a malformed
+    extended request, and `UnsafeName` for a name that is not a plain file of
+    the folder.
     """
-    head, resume, tail = line.partition(b"\x00")
+    head, extended, tail = line.partition(b"\x00")
     try:
         name = head.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
     # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
     name = safe_name(name.removesuffix("\r"))
-    if not resume:
+    if not extended:
         return FileRequest(name)
-    offset, _, sha256 = tail.partition(b"\x00")
-    if not offset.isdigit() or len(offset) > 20 or not _SHA256_HEX.match(sha256.decode("ascii", "replace")):
-        raise ProtocolError(f"bad resume request (want name NUL offset NUL sha256): {_shown(line)}")
-    return FileRequest(name, int(offset), sha256.decode("ascii"))
+    fields = tail.split(b"\x00")
+    if (
+        len(fields) not in (2, 3)
+        or not fields[0].isdigit()
+        or len(fields[0]) > 20
+        or not _SHA256_HEX.match(fields[1].decode("ascii", "replace"))
+        or (len(fields) == 3 and fields[2] != KEEP_OPEN)
+    ):
+        raise ProtocolError(f"bad extended request (want name NUL offset NUL sha256 [NUL keep-open]): {_shown(line)}")
+    return FileRequest(name, int(fields[0]), fields[1].decode("ascii"), len(fields) == 3)
 
 
 def encode_header(size: int) -> bytes:

@@ -117,24 +117,35 @@ class FileServer:
             self.serve(*item)
 
     def serve(self, conn: socket.socket, addr: Any) -> None:
-        """Serve one request on an accepted connection, then close it; never raises
-        for anything the client did."""
+        """Serve requests on an accepted connection, then close it: one request,
+        or several when each asks to keep the connection open (a p2psync
+        extension). Never raises for anything the client did."""
         who = _who(addr)
+        reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
+        try:
+            while self._answer(conn, reader, who) and not self._stopping.is_set():
+                pass
+        finally:
+            conn.close()
+
+    def _answer(self, conn: socket.socket, reader: Buffer, who: str) -> bool:
+        """Answer one request; whether the client asked to send another."""
         fd = -1
         try:
             conn.settimeout(REQUEST_TIMEOUT_S)
             with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
-                line = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES).read_line()
+                line = reader.read_line()
             request = decode_request(line)
             fd, st = self.folder.open_for_serving(request.name)
-            if request.offset and self.folder.digest(fd, st) != request.sha256:
-                raise UnsafeName(f"{request.name!r}: that version is no longer here, cannot resume it")
+            if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
+                raise UnsafeName(f"{request.name!r}: that version is no longer here")
             conn.settimeout(BASE_TRANSFER_S)
             with self.watchdog.limit(conn, transfer_deadline(st.st_size - request.offset), "the upload"):
                 sent = upload(conn, fd, st, request.offset)
             log.debug("served %s (%d bytes from %d) to %s", request.name, sent, request.offset, who)
+            return request.keep_open
         except ConnectionClosed:
-            log.debug("peer %s: closed without asking for anything", who)
+            log.debug("peer %s: closed the connection", who)
         except TimeoutError:
             log.warning("peer %s: no request within %g s; closing", who, REQUEST_TIMEOUT_S)
         except FileNotFoundError:
@@ -153,4 +164,4 @@ class FileServer:
         finally:
             if fd >= 0:
                 os.close(fd)
-            conn.close()
+        return False

@@ -83,8 +83,11 @@ def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) ->
     return size - offset
 
 
-def request(sock: socket.socket, name: str, offset: int = 0, sha256: str | None = None) -> tuple[int, Buffer]:
-    """Ask a holder for `name` (from `offset` of version `sha256`, to resume).
+def request(
+    sock: socket.socket, name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False
+) -> tuple[int, Buffer]:
+    """Ask a holder for `name` (from `offset` of version `sha256`, to resume;
+    `keep_open` to send another request on the same connection afterwards).
 
     Returns the announced length and the reader holding any body bytes that
     came with the header (pass it to `recv_to_file`). Raises `Refused` when the
@@ -92,7 +95,7 @@ def request(sock: socket.socket, name: str, offset: int = 0, sha256: str | None 
     (the socket's timeout), `ProtocolError` for a malformed reply.
     """
     try:
-        sock.sendall(encode_request(name, offset, sha256))
+        sock.sendall(encode_request(name, offset, sha256, keep_open))
     except OSError as exc:
         raise TransferError(f"sending the request failed: {exc.strerror or exc}") from None
     reader = Buffer(sock, 8192, HEADER_MAX_BYTES)

@@ -28,7 +28,7 @@ from p2psync.files import STATE_DIR
 from p2psync.protocol import decode_peer_message
 
 from .classic_peer import recv_line
-from .loopback import LOOPBACK, in_thread, wait_until
+from .loopback import LOOPBACK, in_thread
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -106,7 +106,7 @@ def test_a_broken_download_is_resumed_from_where_it_stopped(tmp_path: Path, make
 
 
 def test_a_resume_refused_falls_back_to_the_whole_file(tmp_path: Path, make_peer) -> None:
-    data = os.urandom(100_000)
+    data = os.urandom(1_500_000)  # large enough to be kept for a resume
     peer = make_peer(tmp_path, 9)
     first = Holder(lambda conn, line: conn.sendall(b"Content-Length: %d\n" % len(data) + data[:500]))
     assert not peer.syncfile("f.bin", info_for(data, first.port))
@@ -125,8 +125,17 @@ def test_a_resume_refused_falls_back_to_the_whole_file(tmp_path: Path, make_peer
     assert (tmp_path / "f.bin").read_bytes() == data
 
 
+def test_a_small_broken_download_is_not_kept(tmp_path: Path, make_peer) -> None:
+    data = os.urandom(10_000)
+    peer = make_peer(tmp_path, 9)
+    holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: %d\n" % len(data) + data[:500]))
+    assert not peer.syncfile("small.bin", info_for(data, holder.port))
+    holder.close()
+    assert list(tmp_path.iterdir()) == []  # refetching it whole costs less than keeping it
+
+
 def test_a_wrong_resumed_file_is_thrown_away(tmp_path: Path, make_peer) -> None:
-    data = os.urandom(50_000)
+    data = os.urandom(1_500_000)
     peer = make_peer(tmp_path, 9)
     first = Holder(lambda conn, line: conn.sendall(b"Content-Length: %d\n" % len(data) + b"X" * 1000))
     assert not peer.syncfile("f.bin", info_for(data, first.port))
@@ -335,15 +344,25 @@ def test_a_flood_of_connections_gets_a_clear_refusal(tmp_path: Path, make_peer, 
     (tmp_path / "ok.txt").write_text("fine")
     peer = make_peer(tmp_path, 9)
     peer.start()
-    idle = [socket.create_connection((LOOPBACK, peer.port), timeout=10) for _ in range(3)]  # worker + queue
+    silent = socket.create_connection((LOOPBACK, peer.port), timeout=10)  # holds the one worker
+    asking: list[socket.socket] = []
     try:
-        wait_until(lambda: peer._file_server._queue.qsize() == 2, 10, "the queue to fill")
-        with socket.create_connection((LOOPBACK, peer.port), timeout=10) as extra:
-            extra.sendall(b"ok.txt\n")
-            assert recv_line(extra)[0] == b"Error: busy, try again later"
+        replies = []
+        for _ in range(4):  # the worker and the queue of 2 are full by the third at the latest
+            sock = socket.create_connection((LOOPBACK, peer.port), timeout=2)
+            asking.append(sock)
+            sock.sendall(b"ok.txt\n")
+            try:
+                replies.append(recv_line(sock)[0])
+                break
+            except TimeoutError:
+                replies.append(b"(waiting in the queue)")
+        assert replies[-1] == b"Error: busy, try again later", replies
+        assert len(replies) <= 3
     finally:
-        for s in idle:
-            s.close()
+        silent.close()
+        for sock in asking:
+            sock.close()
 
 
 # ------------------------------------------------------------------ symlinks on the writing side

@@ -184,7 +184,7 @@ def test_serves_a_file(serving) -> None:
         (b"code.py\n", b"not a synced file"),
         (b"..\n", b"not a file"),
         (b"\xff\n", b"not UTF-8"),
-        (b"ok.txt\x00\n", b"bad resume request"),
+        (b"ok.txt\x00\n", b"bad extended request"),
         (b"ok.txt\x003\x00" + b"0" * 64 + b"\n", b"version"),
     ],
 )

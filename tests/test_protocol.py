@@ -138,7 +138,7 @@ def test_resume_request_bytes() -> None:
     "line", [b"a\x00", b"a\x00x\x00" + SHA.encode(), b"a\x00-1\x00" + SHA.encode(), b"a\x005\x00nothex", b"a\x005"]
 )
 def test_malformed_resume_requests(line: bytes) -> None:
-    with pytest.raises(ProtocolError, match="bad resume request"):
+    with pytest.raises(ProtocolError, match="bad extended request"):
         decode_request(line)
 
 
