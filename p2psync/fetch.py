@@ -22,9 +22,9 @@ from collections.abc import Iterator, Sequence
 
 from .errors import P2PSyncError, Refused, TransferError
 from .files import Folder, PartialFile
-from .protocol import DirectoryEntry
+from .protocol import DirectoryEntry, decode_reply, encode_request
 from .server import transfer_deadline
-from .transfer import recv_to_file, request
+from .transfer import HEADER_MAX_BYTES, Buffer, recv_to_file, request
 from .watchdog import Watchdog
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 HEADER_TIMEOUT_S = 30.0  # from the request to the Content-Length line
 RECV_TIMEOUT_S = 60.0  # one receive that gets nothing for this long ends the transfer
-PARALLEL_FETCHES = 8  # transfers in flight while a round fetches many files
+PARALLEL_FETCHES = 8  # connections at once while a round fetches many files
+PIPELINE_DEPTH = 16  # requests in flight on one kept-open connection
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
 
 
@@ -97,8 +98,8 @@ class Fetcher:
         """One request and its reply on a connected socket, into a partial file,
         verified, then installed. Raises on any failure (the partial is removed,
         or kept for a resume when it is a large hashed version)."""
-        resumable = entry.sha256 if entry.size is None or entry.size >= RESUME_MIN_BYTES else None
-        with self.folder.partial(name, resumable) as part:
+        resumable = entry.size is None or entry.size >= RESUME_MIN_BYTES
+        with self.folder.partial(name, entry.sha256, resumable) as part:
             if not resume and part.offset:
                 part.restart()
             hasher = hashlib.sha256() if entry.sha256 else None
@@ -125,64 +126,98 @@ class Fetcher:
             return part.commit(entry.mtime)
 
     def fetch_all(self, wanted: Sequence[tuple[str, DirectoryEntry]], workers: int = PARALLEL_FETCHES) -> int:
-        """Fetch many files with up to `workers` transfers in flight; how many were installed.
+        """Fetch many files with up to `workers` connections at once; how many were installed.
 
-        Files from p2psync holders go over kept-open connections, one per
-        worker and holder, several requests each (the keep-open extension),
-        so a folder of small files does not pay a connection per file; any
-        failure there falls back to `fetch`, holder by holder.
+        Files of p2psync holders (those with a hash) are pipelined: each worker
+        keeps one connection to a holder and keeps up to `PIPELINE_DEPTH`
+        keep-open requests in flight on it, so a folder of small files pays
+        neither a connection nor a round trip per file. Everything else, and
+        anything a pipeline fails on, goes through `fetch`, holder by holder.
         """
         if len(wanted) < 2 or workers < 2:
             return sum(self.fetch(name, entry) for name, entry in wanted)
-        todo = collections.deque(wanted)
-        installed = 0
-        count_lock = threading.Lock()
+        by_holder: dict[tuple[str, int], collections.deque[tuple[str, DirectoryEntry]]] = {}
+        singles: collections.deque[tuple[str, DirectoryEntry]] = collections.deque()
+        for name, entry in wanted:
+            if entry.sha256 is not None and not self._is_me(entry.ip, entry.port):
+                by_holder.setdefault((entry.ip, entry.port), collections.deque()).append((name, entry))
+            else:
+                singles.append((name, entry))
+        holders = list(by_holder)
+        installed = [0] * workers
 
-        def work() -> None:
-            nonlocal installed
-            kept: dict[tuple[str, int], socket.socket] = {}
-            try:
-                while not self._aborted:
-                    try:
-                        name, entry = todo.popleft()
-                    except IndexError:
-                        return
-                    if self._fetch_over_kept(kept, name, entry) or self.fetch(name, entry):
-                        with count_lock:
-                            installed += 1
-            finally:
-                for sock in kept.values():
-                    self._untrack(sock)
-                    sock.close()
+        def work(i: int) -> None:
+            if holders:
+                holder = holders[i % len(holders)]
+                installed[i] += self._pipeline(holder, by_holder[holder], singles)
+            while not self._aborted:  # then one by one: classic holders, and what pipelines gave back
+                try:
+                    name, entry = singles.popleft()
+                except IndexError:
+                    return
+                installed[i] += self.fetch(name, entry)
 
-        threads = [threading.Thread(target=work, name=f"p2psync-fetch-{i}", daemon=True) for i in range(workers)]
+        threads = [
+            threading.Thread(target=work, args=(i,), name=f"p2psync-fetch-{i}", daemon=True)
+            for i in range(min(workers, len(wanted)))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return installed
+        return sum(installed)
 
-    def _fetch_over_kept(self, kept: dict[tuple[str, int], socket.socket], name: str, entry: DirectoryEntry) -> bool:
-        """Try `name` over this worker's kept-open connection to its primary holder.
-        False (never raises) when it did not install, so the caller falls back."""
-        holder = (entry.ip, entry.port)
-        if entry.sha256 is None or self._is_me(*holder):
-            return False  # a classic holder: one request per connection
+    def _pipeline(
+        self,
+        holder: tuple[str, int],
+        todo: collections.deque[tuple[str, DirectoryEntry]],
+        give_back: collections.deque[tuple[str, DirectoryEntry]],
+    ) -> int:
+        """Fetch from `todo` over one connection with requests in flight; how many
+        were installed. On any failure, what is unfinished goes to `give_back`."""
+        in_flight: collections.deque[tuple[str, DirectoryEntry, PartialFile]] = collections.deque()
+        installed = 0
         try:
-            sock = kept.get(holder)
-            if sock is None:
-                sock = kept[holder] = socket.create_connection(holder, timeout=CONNECT_TIMEOUT_S)
-                self._track(sock)
-            installed = self._exchange(sock, name, entry, resume=True, keep_open=True)
+            sock = socket.create_connection(holder, timeout=CONNECT_TIMEOUT_S)
+        except OSError as exc:
+            log.warning("cannot reach %s:%d (%s); trying other holders", *holder, exc)
+            give_back.extend(todo)  # the other workers of this holder will fail alike
+            todo.clear()
+            return 0
+        try:
+            with sock, self._tracked(sock):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests go out at once
+                sock.settimeout(RECV_TIMEOUT_S)
+                reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)  # one reader: replies arrive back to back
+                while True:
+                    while len(in_flight) < PIPELINE_DEPTH and todo:
+                        name, entry = todo.popleft()
+                        in_flight.append((name, entry, self.folder.open_partial(name, entry.sha256)))
+                        sock.sendall(encode_request(name, 0, entry.sha256, keep_open=True))
+                    if not in_flight:
+                        return installed
+                    name, entry, part = in_flight[0]
+                    with self.watchdog.limit(sock, transfer_deadline(entry.size or 0), f"receiving {name}"):
+                        length = decode_reply(reader.read_line())
+                        self._check_length(part, entry, length)
+                        hasher = hashlib.sha256()
+                        recv_to_file(sock, part.fd, length, reader, hasher)
+                    if hasher.hexdigest() != entry.sha256:
+                        raise TransferError(f"{name}: content does not match the advertised SHA-256")
+                    if part.commit(entry.mtime):
+                        installed += 1
+                        log.debug("fetched %s (%d bytes) from %s:%d", name, length, *holder)
+                    part.close()
+                    in_flight.popleft()
         except (P2PSyncError, OSError) as exc:
-            log.debug("fetching %s over a kept connection to %s:%d failed (%s); retrying alone", name, *holder, exc)
-            dead = kept.pop(holder, None)
-            if dead is not None:
-                self._untrack(dead)
-                dead.close()
-            return False
-        if installed:
-            log.info("fetched %s (%s bytes) from %s:%d", name, entry.size, *holder)
+            if in_flight:
+                log.info(
+                    "pipeline to %s:%d stopped at %s (%s); fetching the rest one by one", *holder, in_flight[0][0], exc
+                )
+        finally:
+            for name, entry, part in in_flight:
+                part.close()
+                give_back.append((name, entry))
         return installed
 
     def _check_length(self, part: PartialFile, entry: DirectoryEntry, length: int) -> None:

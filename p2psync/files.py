@@ -225,24 +225,33 @@ class Folder:
         return cached or _hash_fd(fd)
 
     @contextlib.contextmanager
-    def partial(self, name: str, sha256: str | None = None) -> Iterator[PartialFile]:
-        """A partial download of `name` to write into; removed unless committed.
-
-        With the version's `sha256` known, the partial is kept in the hidden
-        `.p2psync` folder when the transfer fails, and `offset` says how much of
-        it a later attempt can resume from. Without it, it is `name.part`,
-        removed on failure. Raises `UnsafeName` for a name that may not be
-        written here.
-        """
-        safe_name(name)
-        if is_ignored(name):
-            raise UnsafeName(f"{name!r} is not a synced file")
-        state = self._state_dir(create=True) if sha256 is not None else None
-        part = PartialFile(self, name, state, sha256)
+    def partial(self, name: str, sha256: str | None = None, resumable: bool = False) -> Iterator[PartialFile]:
+        """A partial download of `name` to write into; removed unless committed
+        (see `open_partial`)."""
+        part = self.open_partial(name, sha256, resumable)
         try:
             yield part
         finally:
             part.close()
+
+    def open_partial(self, name: str, sha256: str | None = None, resumable: bool = False) -> PartialFile:
+        """A partial download of `name` (the version `sha256`, if known); the caller closes it.
+
+        `resumable` (with `sha256`): the partial lives in the hidden `.p2psync`
+        folder, is kept when the transfer fails, and `offset` says how much of it
+        a later attempt can resume from. Otherwise it is `name.part`, removed on
+        failure. Raises `UnsafeName` for a name that may not be written here.
+        """
+        safe_name(name)
+        if is_ignored(name):
+            raise UnsafeName(f"{name!r} is not a synced file")
+        state = self._state_dir(create=True) if resumable and sha256 is not None else None
+        return PartialFile(self, name, state, sha256)
+
+    def _remember(self, st: os.stat_result, sha256: str) -> None:
+        """A file installed from a verified download: its hash is known, never read it again."""
+        with self._lock:
+            self._hashes[(st.st_size, st.st_mtime_ns, st.st_ino)] = sha256
 
 
 class PartialFile:
@@ -251,6 +260,7 @@ class PartialFile:
     def __init__(self, folder: Folder, name: str, state_fd: int | None, sha256: str | None) -> None:
         self.folder = folder
         self.name = name
+        self.sha256 = sha256
         self._state_fd = state_fd
         if state_fd is not None and sha256 is not None:
             self._dir_fd, self.part_name, self._keep = state_fd, sha256 + _PARTIAL_SUFFIX, True
@@ -285,12 +295,14 @@ class PartialFile:
         self._keep = False
 
     def commit(self, mtime: int) -> bool:
-        """Install the download as `name` with `mtime`, atomically.
+        """Install the download as `name` with `mtime`, atomically. The caller has
+        verified the bytes against `sha256`, when there is one.
 
         Returns False (and installs nothing) when the local file became as new
         as `mtime` meanwhile: a local edit is never overwritten by an older copy.
         """
         os.utime(self.fd, (mtime, mtime))  # before the rename: no moment with a wrong mtime
+        installed = os.fstat(self.fd)  # the rename keeps inode and mtime: the scan's cache key
         os.close(self.fd)
         self.fd = -1
         current = self.folder.stat(self.name)
@@ -300,6 +312,8 @@ class PartialFile:
             return False
         os.replace(self.part_name, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self.folder._dir_fd)
         self._done = True
+        if self.sha256 is not None:  # verified by the caller before commit
+            self.folder._remember(installed, self.sha256)
         return True
 
     def close(self) -> None:

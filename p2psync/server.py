@@ -121,6 +121,8 @@ class FileServer:
         or several when each asks to keep the connection open (a p2psync
         extension). Never raises for anything the client did."""
         who = _who(addr)
+        with contextlib.suppress(OSError):  # replies go out whole; no waiting on Nagle
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
         try:
             while self._answer(conn, reader, who) and not self._stopping.is_set():

@@ -53,6 +53,7 @@ else:
 
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
+SMALL_FILE_BYTES = 64 * 1024  # up to this, a reply is read and sent in one piece
 
 
 def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) -> int:
@@ -67,20 +68,34 @@ def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) ->
     size = st.st_size
     if not 0 <= offset <= size:
         raise TransferError(f"offset {offset} is outside the {size}-byte file")
-    try:
-        sock.sendall(encode_header(size - offset))
-    except OSError as exc:
-        raise TransferError(f"send failed: {exc.strerror or exc}") from None
+    if size - offset <= SMALL_FILE_BYTES:
+        # One read and one send: header and body leave in the same segment.
+        data = os.pread(fd, size - offset, offset)
+        _check_unchanged(fd, st, len(data) == size - offset, 0)
+        _sendall(sock, encode_header(size - offset) + data)
+        return size - offset
+    _sendall(sock, encode_header(size - offset))
     position = offset
     while position < size:
         end = size if position == size - 1 else min(position + CHANGE_CHECK_BYTES, size - 1)
         send_from_file(sock, fd, position, end - position)
         position = end
         if position < size:
-            now = os.fstat(fd)
-            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                raise TransferError(f"file changed while being sent; stopped after {position - offset} bytes")
+            _check_unchanged(fd, st, True, position - offset)
     return size - offset
+
+
+def _check_unchanged(fd: int, st: os.stat_result, complete: bool, sent: int) -> None:
+    now = os.fstat(fd)
+    if not complete or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise TransferError(f"file changed while being sent; stopped after {sent} bytes")
+
+
+def _sendall(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise TransferError(f"send failed: {exc.strerror or exc}") from None
 
 
 def request(

@@ -382,3 +382,36 @@ def test_a_file_removed_locally_leaves_the_directory(tmp_path: Path, start_track
     wait_until(lambda: "temp.txt" in tracker.directory.entries(), 10, "the tracker to list the file")
     (tmp_path / "temp.txt").unlink()
     wait_until(lambda: "temp.txt" not in tracker.directory.entries(), 10, "the next report to drop it")
+
+
+def test_several_requests_on_one_kept_connection(serving, tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"fine").hexdigest().encode()
+    with socket.create_connection((LOOPBACK, serving.port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(b"ok.txt\x000\x00" + digest + b"\x00keep-open\n")
+            header, rest = recv_line(sock)
+            assert header == b"Content-Length: 4"
+            while len(rest) < 4:
+                rest += sock.recv(10)
+            assert rest == b"fine"
+        sock.sendall(b"ok.txt\n")  # a classic request ends the exchange
+        header, rest = recv_line(sock)
+        while chunk := sock.recv(10):
+            rest += chunk
+        assert (header, rest) == (b"Content-Length: 4", b"fine")
+
+
+def test_a_round_fetches_many_files_in_parallel(tmp_path: Path, start_tracker, make_peer) -> None:
+    tracker = start_tracker()
+    src, dst = folders(tmp_path, "src", "dst")
+    for i in range(300):
+        (src / f"f{i:03}.txt").write_bytes(os.urandom(4096))
+    holder = make_peer(src, tracker.port, **FAST)
+    holder.start()
+    wait_until(lambda: len(tracker.directory) == 300, 20, "the tracker to list 300 files")
+    receiver = make_peer(dst, tracker.port)
+    receiver.sync()  # one round fetches them all
+    assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())
+    for p in src.iterdir():
+        assert (dst / p.name).read_bytes() == p.read_bytes()
+        assert int((dst / p.name).stat().st_mtime) == int(p.stat().st_mtime)

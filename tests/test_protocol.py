@@ -219,3 +219,11 @@ def test_any_json_gives_a_value_or_a_protocol_error(obj: dict) -> None:
     for decode in (decode_peer_message, decode_directory):
         with contextlib.suppress(ProtocolError):
             decode(line)
+
+
+def test_keep_open_request_bytes() -> None:
+    line = encode_request("a.txt", 0, SHA, keep_open=True)
+    assert line == b"a.txt\x000\x00" + SHA.encode() + b"\x00keep-open\n"
+    assert decode_request(line[:-1]) == FileRequest("a.txt", 0, SHA, keep_open=True)
+    with pytest.raises(ProtocolError, match="bad extended request"):
+        decode_request(b"a.txt\x000\x00" + SHA.encode() + b"\x00keep-closed")
