@@ -58,8 +58,20 @@ def p2psync_holder(tree: Path) -> Iterator[int]:
     tracker = Tracker(0, "127.0.0.1")
     tracker.start()
     holder = subprocess.Popen(
-        [sys.executable, "-m", "p2psync.cli", "sync", str(tree), "--tracker", f"127.0.0.1:{tracker.port}",
-         "--port", "0", "--interval", "1", "-qq"],
+        [
+            sys.executable,
+            "-m",
+            "p2psync.cli",
+            "sync",
+            str(tree),
+            "--tracker",
+            f"127.0.0.1:{tracker.port}",
+            "--port",
+            "0",
+            "--interval",
+            "1",
+            "-qq",
+        ],
     )
     try:
         _wait(lambda: len(tracker.directory) == FILES, 120, "the holder to report its files")
@@ -116,7 +128,9 @@ def _rsync_round(port: int, dest: Path) -> float:
     return time.perf_counter() - began
 
 
-def test_10000_small_files(benchmark, tree: Path, p2psync_holder: int, rsync_daemon: int, tmp_path: Path, capsys) -> None:
+def test_10000_small_files(
+    benchmark, tree: Path, p2psync_holder: int, rsync_daemon: int, tmp_path: Path, capsys
+) -> None:
     times: dict[str, list[float]] = {"p2psync": [], "rsync": []}
 
     def run_rounds() -> None:
@@ -124,9 +138,7 @@ def test_10000_small_files(benchmark, tree: Path, p2psync_holder: int, rsync_dae
             order = ["p2psync", "rsync"] if r % 2 == 0 else ["rsync", "p2psync"]
             for name in order:
                 dest = tmp_path / f"{name}-{r}"
-                took = (
-                    _p2psync_round(p2psync_holder, dest) if name == "p2psync" else _rsync_round(rsync_daemon, dest)
-                )
+                took = _p2psync_round(p2psync_holder, dest) if name == "p2psync" else _rsync_round(rsync_daemon, dest)
                 assert len(os.listdir(dest)) == FILES, name
                 times[name].append(took)
 
@@ -139,6 +151,7 @@ def test_10000_small_files(benchmark, tree: Path, p2psync_holder: int, rsync_dae
     with capsys.disabled():
         print(
             f"\n{FILES} x {FILE_BYTES} B, {ROUNDS} interleaved rounds: p2psync median "
-            f"{statistics.median(times['p2psync']):.2f} s, rsync daemon pull {statistics.median(times['rsync']):.2f} s; "
+            f"{statistics.median(times['p2psync']):.2f} s, "
+            f"rsync daemon pull {statistics.median(times['rsync']):.2f} s; "
             f"p2psync is {ratio:.2f}x rsync's speed (median of per-round ratios)"
         )

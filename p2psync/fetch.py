@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 HEADER_TIMEOUT_S = 30.0  # from the request to the Content-Length line
 RECV_TIMEOUT_S = 60.0  # one receive that gets nothing for this long ends the transfer
-PARALLEL_FETCHES = 8  # connections at once while a round fetches many files
-PIPELINE_DEPTH = 16  # requests in flight on one kept-open connection
+PARALLEL_FETCHES = 4  # connections at once while a round fetches many files
+PIPELINE_DEPTH = 64  # requests in flight on one kept-open connection
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
 
 
@@ -190,10 +190,13 @@ class Fetcher:
                 sock.settimeout(RECV_TIMEOUT_S)
                 reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)  # one reader: replies arrive back to back
                 while True:
-                    while len(in_flight) < PIPELINE_DEPTH and todo:
-                        name, entry = todo.popleft()
-                        in_flight.append((name, entry, self.folder.open_partial(name, entry.sha256)))
-                        sock.sendall(encode_request(name, 0, entry.sha256, keep_open=True))
+                    if len(in_flight) <= PIPELINE_DEPTH // 2 and todo:  # refill by halves: one send each
+                        requests = []
+                        while len(in_flight) < PIPELINE_DEPTH and todo:
+                            name, entry = todo.popleft()
+                            in_flight.append((name, entry, self.folder.open_partial(name, entry.sha256)))
+                            requests.append(encode_request(name, 0, entry.sha256, keep_open=True))
+                        sock.sendall(b"".join(requests))
                     if not in_flight:
                         return installed
                     name, entry, part = in_flight[0]

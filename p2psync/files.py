@@ -85,6 +85,8 @@ class Folder:
         self._hashes: dict[tuple[int, int, int], str] = {}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._last: dict[str, LocalFile] = {}  # the previous scan, reused where unchanged
+        self.generation = 0
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -94,27 +96,47 @@ class Folder:
 
     def scan(self) -> dict[str, LocalFile]:
         """Every file the folder syncs, by name: regular files only (no
-        symlinks, no subfolders), safe names only, ignored suffixes left out."""
+        symlinks, no subfolders), safe names only, ignored suffixes left out.
+
+        Costs one stat per file when nothing changed: a file whose size, mtime
+        and inode match the last scan keeps its entry (and hash) as it was.
+        `generation` goes up whenever the result differs from the last one.
+        """
         found: dict[str, LocalFile] = {}
-        keys: set[tuple[int, int, int]] = set()
+        last = self._last
+        changed = False
         with os.scandir(self._dir_fd) as entries:
             for entry in entries:
                 name = entry.name
-                if is_ignored(name) or not entry.is_file(follow_symlinks=False):
-                    continue
-                if not self._allowed(name):
+                if is_ignored(name) or not entry.is_file(follow_symlinks=False) or not self._allowed(name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    key = (st.st_size, st.st_mtime_ns, st.st_ino)
+                except OSError:  # vanished since listed
+                    continue
+                old = last.get(name)
+                if (
+                    old is not None
+                    and old.mtime_ns == st.st_mtime_ns
+                    and old.size == st.st_size
+                    and old.inode == st.st_ino
+                ):
+                    found[name] = old
+                    continue
+                key = (st.st_size, st.st_mtime_ns, st.st_ino)
+                try:
                     digest = self._hashes.get(key) or self._hash(name, key)
-                except OSError as exc:  # vanished or unreadable since listed
+                except OSError as exc:  # changed, vanished or unreadable while hashed: next round
                     log.debug("skipping %s: %s", name, exc)
                     continue
-                keys.add(key)
                 found[name] = LocalFile(name, st.st_mtime_ns // 1_000_000_000, st.st_size, digest, *key[1:])
-        with self._lock:  # forget hashes of files that are gone, so the cache stays bounded
-            self._hashes = {k: v for k, v in self._hashes.items() if k in keys}
+                changed = True
+        if changed or len(found) != len(last):
+            self.generation += 1
+            keys = {(f.size, f.mtime_ns, f.inode) for f in found.values()}
+            with self._lock:  # forget hashes of files that are gone, so the cache stays bounded
+                self._hashes = {k: v for k, v in self._hashes.items() if k in keys}
+        self._last = found
         return found
 
     def _allowed(self, name: str) -> bool:

@@ -25,10 +25,15 @@ _FORBIDDEN = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
 # The classic rule: source and binaries of the program itself are never synced.
 _CLASSIC_IGNORED_SUFFIXES = (".py", ".so", ".dll")
+_KNOWN_SAFE: set[str] = set()
+_KNOWN_SAFE_MAX = 1_000_000
 
 
 def safe_name(name: str) -> str:
     """Return `name` if it is a safe single file name, else raise `UnsafeName`.
+
+    Answers from a cache for names already found safe (a round checks each
+    name several times; a folder's names repeat every round).
 
     Refused: empty, `.` and `..`, any path separator (`/`, `\\`), drive letters
     and other characters Windows forbids, control characters and NUL, Windows
@@ -37,6 +42,8 @@ def safe_name(name: str) -> str:
     """
     if not isinstance(name, str):
         raise UnsafeName(f"file name must be a string, not {type(name).__name__}")
+    if name in _KNOWN_SAFE:
+        return name
     shown = repr(name[:100])
     if name in ("", ".", ".."):
         raise UnsafeName(f"file name {shown} is not a file")
@@ -55,6 +62,9 @@ def safe_name(name: str) -> str:
         raise UnsafeName(f"file name {shown} is not valid Unicode") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise UnsafeName(f"file name {shown} is {len(encoded)} bytes (limit {MAX_NAME_BYTES})")
+    if len(_KNOWN_SAFE) >= _KNOWN_SAFE_MAX:
+        _KNOWN_SAFE.clear()  # bounded: a stream of new names cannot grow it without end
+    _KNOWN_SAFE.add(name)
     return name
 
 

@@ -153,6 +153,7 @@ class FileSynchronizer(threading.Thread):
         self._local = self.folder.scan()
         self._reported: tuple[FileInfo, ...] | None = None  # what the tracker has from us
         self._files_in_msg = self._infos(self._local)
+        self._infos_generation = self.folder.generation
         self.msg: bytes = encode_init(self.port, self._files_in_msg)
         self._first_round = True
         self._backoff = 0.0
@@ -277,8 +278,10 @@ class FileSynchronizer(threading.Thread):
     def _set_next_message(self) -> None:
         """Init when the folder differs from what the tracker has, else KeepAlive."""
         self._local = self.folder.scan()
-        files = self._infos(self._local)
-        self._files_in_msg = files
+        if self.folder.generation != self._infos_generation:  # rebuild the list only after a change
+            self._files_in_msg = self._infos(self._local)
+            self._infos_generation = self.folder.generation
+        files = self._files_in_msg
         self.msg = encode_keepalive(self.port) if files == self._reported else encode_init(self.port, files)
 
     # ------------------------------------------------------------ fetching

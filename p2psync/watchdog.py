@@ -5,7 +5,9 @@ sending one byte a minute would hold a thread forever. Here each exchange
 registers its socket with an overall deadline; one thread sleeps until the
 nearest deadline and shuts that socket down, which wakes whatever call is
 blocked on it (in either backend, with or without the GIL). The exchange then
-reports a clear `TransferError` instead of the short read it saw.
+reports a clear `TransferError` instead of the short read it saw. Registering
+is cheap (a heap push; the thread is woken only for a deadline earlier than
+all others), since a folder of small files registers one per file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from types import TracebackType
 
 from .errors import P2PSyncError, TransferError
 
@@ -24,15 +26,30 @@ __all__ = ["Deadline", "Watchdog"]
 
 
 class Deadline:
-    """One registered exchange; `expired` says whether the watchdog cut it."""
+    """One exchange under a deadline: a context manager from `Watchdog.limit`.
 
-    __slots__ = ("expired", "seconds", "sock", "what")
+    On leaving with an error after the watchdog cut the socket, raises
+    `TransferError` naming `what` instead; `expired` says whether it was cut.
+    """
 
-    def __init__(self, sock: socket.socket, seconds: float, what: str) -> None:
+    __slots__ = ("_watchdog", "expired", "seconds", "sock", "what")
+
+    def __init__(self, watchdog: Watchdog, sock: socket.socket, seconds: float, what: str) -> None:
+        self._watchdog = watchdog
         self.sock = sock
         self.seconds = seconds
         self.what = what
         self.expired = False
+
+    def __enter__(self) -> Deadline:
+        self._watchdog._add(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with self._watchdog._wakeup:  # its heap entry is skipped when it comes up
+            self._watchdog._live.discard(self)
+        if self.expired and isinstance(exc, P2PSyncError | OSError):
+            raise TransferError(f"{self.what} took longer than {self.seconds:g} s") from exc
 
 
 class Watchdog:
@@ -46,27 +63,22 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    @contextlib.contextmanager
-    def limit(self, sock: socket.socket, seconds: float, what: str) -> Iterator[Deadline]:
-        """Cut `sock` if the block takes longer than `seconds`; then raise
-        `TransferError` naming `what`, whatever error the cut caused inside."""
-        deadline = Deadline(sock, seconds, what)
+    def limit(self, sock: socket.socket, seconds: float, what: str) -> Deadline:
+        """`with watchdog.limit(sock, seconds, what):` cuts `sock` if the block runs
+        longer than `seconds`, and then raises `TransferError` naming `what`."""
+        return Deadline(self, sock, seconds, what)
+
+    def _add(self, deadline: Deadline) -> None:
+        when = time.monotonic() + deadline.seconds
         with self._wakeup:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="p2psync-watchdog", daemon=True)
                 self._thread.start()
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._counter), deadline))
+            earliest = not self._heap or when < self._heap[0][0]
+            heapq.heappush(self._heap, (when, next(self._counter), deadline))
             self._live.add(deadline)
-            self._wakeup.notify()
-        try:
-            yield deadline
-        except (P2PSyncError, OSError) as exc:
-            if deadline.expired:
-                raise TransferError(f"{what} took longer than {seconds:g} s") from exc
-            raise
-        finally:
-            with self._wakeup:
-                self._live.discard(deadline)  # the heap entry is skipped when it comes up
+            if earliest:  # otherwise the thread already wakes up in time
+                self._wakeup.notify()
 
     def close(self) -> None:
         with self._wakeup:
