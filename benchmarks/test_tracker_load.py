@@ -1,0 +1,163 @@
+"""The tracker under load: KeepAlive round trips per second at 1,000 peers x 10 files,
+50 concurrent clients, against redis-benchmark GET of a value the size of the reply.
+
+The tracker runs in its own process; 1,000 connections report 10 files each
+first, then 50 client threads send KeepAlives and read the whole directory
+reply each time (sized once, then read with `recv_into`). redis-server and
+redis-benchmark run in the same test (skipped, with a message, when not
+installed: apt-get install redis-server).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PEERS = 1000
+FILES_PER_PEER = 10
+CLIENTS = 50
+SECONDS = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1 << 20)
+        assert chunk, "tracker closed the connection"
+        data += chunk
+    return data
+
+
+def _keepalive_rate(port: int) -> tuple[float, int]:
+    stop = time.monotonic() + SECONDS
+    counts = [0] * CLIENTS
+    size = [0]
+
+    def client(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            msg = json.dumps({"port": 30000 + i}).encode() + b"\n"
+            sock.sendall(msg)
+            reply = _read_line(sock)  # learn the size once; every reply is the same bytes
+            size[0] = len(reply)
+            view = memoryview(bytearray(len(reply)))
+            while time.monotonic() < stop:
+                sock.sendall(msg)
+                got = 0
+                while got < len(reply):
+                    n = sock.recv_into(view[got:])
+                    assert n, "tracker closed the connection"
+                    got += n
+                counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - began), size[0]
+
+
+def _redis_get_rate(size: int) -> float | None:
+    if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
+        return None
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        out = subprocess.run(
+            [
+                "redis-benchmark",
+                "-p",
+                str(port),
+                "-c",
+                str(CLIENTS),
+                "-n",
+                "3000",
+                "-d",
+                str(size),
+                "-t",
+                "set,get",
+                "--csv",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            cells = [c.strip('"') for c in line.split(",")]
+            if cells[0] == "GET":
+                return float(cells[1])
+        raise AssertionError(f"no GET line in redis-benchmark output: {out}")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_keepalive_round_trips(benchmark, capsys) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    port = _free_port()
+    tracker = subprocess.Popen(
+        [sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peers: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "tracker did not start"
+            time.sleep(0.05)
+        for i in range(PEERS):
+            sock = socket.create_connection(("127.0.0.1", port))
+            files = [{"name": f"peer{i}-file{j}.dat", "mtime": 1772047595 + j, "size": 4096} for j in range(10)]
+            sock.sendall(json.dumps({"port": 20000 + i, "files": files}).encode() + b"\n")
+            _read_line(sock)
+            peers.append(sock)
+        result: dict[str, float] = {}
+
+        def measure() -> None:
+            result["rate"], result["size"] = _keepalive_rate(port)
+
+        benchmark.group = f"tracker: KeepAlive round trips, {PEERS} peers x {FILES_PER_PEER} files"
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        for sock in peers:
+            sock.close()
+        tracker.terminate()
+        tracker.wait(10)
+    assert result["size"] > PEERS * FILES_PER_PEER * 50  # every file is in the reply
+    redis = _redis_get_rate(int(result["size"]))
+    benchmark.extra_info["keepalive round trips/s"] = round(result["rate"])
+    benchmark.extra_info["reply bytes"] = int(result["size"])
+    line = (
+        f"\ntracker: {result['rate']:.0f} KeepAlive round trips/s with {CLIENTS} clients, "
+        f"{result['size']:.0f}-byte replies"
+    )
+    if redis is not None:
+        benchmark.extra_info["redis GET/s"] = round(redis)
+        benchmark.extra_info["tracker / redis"] = round(result["rate"] / redis, 2)
+        line += f"; redis GET of the same size {redis:.0f}/s; ratio {result['rate'] / redis:.2f}"
+    else:
+        line += " (redis-server not installed: apt-get install redis-server for the baseline)"
+    with capsys.disabled():
+        print(line)
