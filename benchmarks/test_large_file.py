@@ -4,6 +4,7 @@ Receivers run in fresh processes that time themselves (`receive.py`), in
 rotating order within each round:
 - `p2psync`: `FileSynchronizer.syncfile` from a p2psync file server process
   (`holder.py`), verifying the advertised SHA-256 while receiving;
+- `p2psync-twin`: the same on the pure-Python twin (`P2PSYNC_NO_EXTENSIONS=1`);
 - `p2psync-classic`: the same without a hash (what a classic holder gets);
 - `raw`: `sendfile` -> `recv_into` + `write` through a 1 MiB buffer, no protocol;
 - `curl`: `curl -o` from nginx serving the same file (skipped, with a message,
@@ -136,7 +137,7 @@ def _receive(how: str, ports: dict, source: tuple, dest: Path) -> tuple[float, f
 
 def test_large_file_peer_to_peer(benchmark, source: tuple, servers: dict, tmp_path: Path, capsys) -> None:
     size = source[2]
-    receivers = ["p2psync", "p2psync-classic", "raw"] + (["curl"] if servers["nginx"] else [])
+    receivers = ["p2psync", "p2psync-twin", "p2psync-classic", "raw"] + (["curl"] if servers["nginx"] else [])
     times: dict[str, list[float]] = {how: [] for how in receivers}
     rss: dict[str, list[float]] = {how: [] for how in receivers}
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 
 from .errors import P2PSyncError, Refused, TransferError
 from .files import Folder, PartialFile
+from .hashing import BackgroundHasher, new_hasher
 from .protocol import DirectoryEntry, decode_reply, encode_request
 from .server import transfer_deadline
 from .transfer import HEADER_MAX_BYTES, Buffer, recv_to_file, request
@@ -102,7 +103,7 @@ class Fetcher:
         with self.folder.partial(name, entry.sha256, resumable) as part:
             if not resume and part.offset:
                 part.restart()
-            hasher = hashlib.sha256() if entry.sha256 else None
+            hasher = new_hasher(entry.size or 0) if entry.sha256 else None
             if hasher is not None and part.offset:
                 part.feed_prefix(hasher)
             sock.settimeout(HEADER_TIMEOUT_S)
@@ -118,8 +119,12 @@ class Fetcher:
                     raise
             self._check_length(part, entry, length)
             sock.settimeout(RECV_TIMEOUT_S)
-            with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
-                recv_to_file(sock, part.fd, length, reader, hasher)
+            try:
+                with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
+                    recv_to_file(sock, part.fd, length, reader, hasher)
+            finally:
+                if isinstance(hasher, BackgroundHasher):
+                    hasher.close()  # its thread ends with the transfer, whatever happened
             if hasher is not None and hasher.hexdigest() != entry.sha256:
                 part.abandon()
                 raise TransferError(f"content does not match the advertised SHA-256 {entry.sha256}")
