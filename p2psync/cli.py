@@ -18,7 +18,7 @@ from .peer import FileSynchronizer, bind_first_free
 from .tracker import Tracker
 from .transfer import BACKEND
 
-__all__ = ["DEFAULT_TRACKER_PORT", "main"]
+__all__ = ["DEFAULT_TRACKER_PORT", "classic_peer_main", "classic_tracker_main", "main"]
 
 DEFAULT_TRACKER_PORT = 8900  # the embedded tracker's first choice; the next free one if taken
 FIRST_PEER_PORT = 8000  # classic peers serve from the first free port from 8000
@@ -177,6 +177,40 @@ def _run_sync(args: argparse.Namespace) -> int:
     if tracker is not None:
         tracker.exit()
     print("stopped", flush=True)
+    return 0
+
+
+def classic_tracker_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m p2psync.tracker IP PORT`, as the classic `tracker.py IP PORT`."""
+    parser = argparse.ArgumentParser(prog="python -m p2psync.tracker", description="Run a p2psync tracker.")
+    parser.add_argument("ip", help="address to listen on, e.g. 0.0.0.0")
+    parser.add_argument("port", type=_port, help="port to listen on")
+    args = parser.parse_args(argv)
+    _configure_logging(0, 0)
+    tracker = Tracker(args.port, args.ip)
+    tracker.start()
+    print(f"tracker listening on {args.ip}:{tracker.port}; Ctrl-C stops it", flush=True)
+    _wait_for_interrupt(tracker)
+    tracker.exit()
+    return 0
+
+
+def classic_peer_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m p2psync.peer TRACKER_IP TRACKER_PORT`, as the classic
+    `fileSynchronizer.py`: serves the current folder on the first free port from 8000."""
+    parser = argparse.ArgumentParser(
+        prog="python -m p2psync.peer",
+        description="Sync the current folder through a tracker (serving on the first free port from 8000).",
+    )
+    parser.add_argument("tracker_ip")
+    parser.add_argument("tracker_port", type=_port)
+    args = parser.parse_args(argv)
+    _configure_logging(0, 0)
+    peer = bind_first_free(lambda port: FileSynchronizer(args.tracker_ip, args.tracker_port, port), FIRST_PEER_PORT)
+    print(f"serving {os.getcwd()} on port {peer.port}; Ctrl-C stops", flush=True)
+    peer.start()
+    _wait_for_interrupt(peer)
+    peer.exit()
     return 0
 
 

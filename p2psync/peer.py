@@ -12,7 +12,6 @@ the process.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import logging
@@ -337,25 +336,9 @@ class FileSynchronizer(threading.Thread):
 
 def main(argv: list[str] | None = None) -> int:
     """The classic command line: `python -m p2psync.peer TRACKER_IP TRACKER_PORT`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m p2psync.peer",
-        description="Sync the current folder through a tracker (serving on the first free port from 8000).",
-    )
-    parser.add_argument("tracker_ip")
-    parser.add_argument("tracker_port", type=int)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    peer = bind_first_free(lambda port: FileSynchronizer(args.tracker_ip, args.tracker_port, port), 8000)
-    print(f"serving {os.getcwd()} on port {peer.port}; Ctrl-C stops", flush=True)
-    peer.start()
-    try:
-        while peer.is_alive():
-            peer.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        peer.exit()
-    return 0
+    from .cli import classic_peer_main  # the CLI module owns process set-up and Ctrl-C
+
+    return classic_peer_main(argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ silent past the timeout is logged in one line and closed; the loop goes on.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import selectors
@@ -254,22 +253,9 @@ class Tracker(threading.Thread):
 
 def main(argv: list[str] | None = None) -> int:
     """The classic command line: `python -m p2psync.tracker IP PORT`."""
-    parser = argparse.ArgumentParser(prog="python -m p2psync.tracker", description="Run a p2psync tracker.")
-    parser.add_argument("ip", help="address to listen on, e.g. 0.0.0.0")
-    parser.add_argument("port", type=int, help="port to listen on")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    tracker = Tracker(args.port, args.ip)
-    tracker.start()
-    print(f"tracker listening on {args.ip}:{tracker.port}; Ctrl-C stops it", flush=True)
-    try:
-        while tracker.is_alive():
-            tracker.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tracker.exit()
-    return 0
+    from .cli import classic_tracker_main  # the CLI module owns process set-up and Ctrl-C
+
+    return classic_tracker_main(argv)
 
 
 if __name__ == "__main__":
