@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .errors import P2PSyncError, Refused, TransferError
 from .files import Folder, PartialFile
@@ -89,39 +90,19 @@ class Fetcher:
         return port == own_port and ip in ("127.0.0.1", "::1", own_ip)
 
     def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int, resume: bool) -> bool:
+        """One request to one holder, into a partial file, verified, then installed.
+        Raises on any failure (the partial is removed, or kept for a resume when
+        it is a large hashed version)."""
         with (
             socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT_S) as sock,
             self._tracked(sock),
+            self.folder.partial(name, entry.sha256, entry.size is None or entry.size >= RESUME_MIN_BYTES) as part,
         ):
-            return self._exchange(sock, name, entry, resume=resume, keep_open=False)
-
-    def _exchange(self, sock: socket.socket, name: str, entry: DirectoryEntry, resume: bool, keep_open: bool) -> bool:
-        """One request and its reply on a connected socket, into a partial file,
-        verified, then installed. Raises on any failure (the partial is removed,
-        or kept for a resume when it is a large hashed version)."""
-        resumable = entry.size is None or entry.size >= RESUME_MIN_BYTES
-        with self.folder.partial(name, entry.sha256, resumable) as part:
             if not resume and part.offset:
                 part.restart()
             hasher = new_hasher(entry.size or 0) if entry.sha256 else None
-            if hasher is not None and part.offset:
-                part.feed_prefix(hasher)
-            sock.settimeout(HEADER_TIMEOUT_S)
-            extended = bool(part.offset) or keep_open
-            with self.watchdog.limit(sock, HEADER_TIMEOUT_S, "waiting for the reply header"):
-                try:
-                    length, reader = request(
-                        sock, name, part.offset, entry.sha256 if extended else None, keep_open=keep_open
-                    )
-                except Refused as exc:
-                    if part.offset:
-                        raise _ResumeRefused(str(exc)) from None
-                    raise
-            self._check_length(part, entry, length)
-            sock.settimeout(RECV_TIMEOUT_S)
             try:
-                with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
-                    recv_to_file(sock, part.fd, length, reader, hasher)
+                self._receive(sock, name, entry, part, hasher)
             finally:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
@@ -130,10 +111,26 @@ class Fetcher:
                 raise TransferError(f"content does not match the advertised SHA-256 {entry.sha256}")
             return part.commit(entry.mtime)
 
+    def _receive(self, sock: socket.socket, name: str, entry: DirectoryEntry, part: PartialFile, hasher: Any) -> None:
+        if hasher is not None and part.offset:
+            part.feed_prefix(hasher)
+        sock.settimeout(HEADER_TIMEOUT_S)
+        with self.watchdog.limit(sock, HEADER_TIMEOUT_S, "waiting for the reply header"):
+            try:
+                length, reader = request(sock, name, part.offset, entry.sha256 if part.offset else None)
+            except Refused as exc:
+                if part.offset:
+                    raise _ResumeRefused(str(exc)) from None
+                raise
+        self._check_length(part, entry, length)
+        sock.settimeout(RECV_TIMEOUT_S)
+        with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
+            recv_to_file(sock, part.fd, length, reader, hasher)
+
     def fetch_all(self, wanted: Sequence[tuple[str, DirectoryEntry]], workers: int = PARALLEL_FETCHES) -> int:
         """Fetch many files with up to `workers` connections at once; how many were installed.
 
-        Files of p2psync holders (those with a hash) are pipelined: each worker
+        Small files of p2psync holders (those with a hash) are pipelined: each worker
         keeps one connection to a holder and keeps up to `PIPELINE_DEPTH`
         keep-open requests in flight on it, so a folder of small files pays
         neither a connection nor a round trip per file. Everything else, and
@@ -144,7 +141,10 @@ class Fetcher:
         by_holder: dict[tuple[str, int], collections.deque[tuple[str, DirectoryEntry]]] = {}
         singles: collections.deque[tuple[str, DirectoryEntry]] = collections.deque()
         for name, entry in wanted:
-            if entry.sha256 is not None and not self._is_me(entry.ip, entry.port):
+            # Small files of p2psync holders are pipelined; large ones go alone,
+            # where they can be resumed and hashed on a second thread.
+            small = entry.size is not None and entry.size < RESUME_MIN_BYTES
+            if small and entry.sha256 is not None and not self._is_me(entry.ip, entry.port):
                 by_holder.setdefault((entry.ip, entry.port), collections.deque()).append((name, entry))
             else:
                 singles.append((name, entry))

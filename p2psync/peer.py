@@ -147,6 +147,7 @@ class FileSynchronizer(threading.Thread):
             self.folder.close()
             raise
         self.port: int = self.server.getsockname()[1]
+        self.name = f"p2psync-peer-{self.port}"
         self.client = self._new_client()
         self._reader: Buffer | None = None
         self._local = self.folder.scan()

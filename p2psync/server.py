@@ -70,6 +70,8 @@ class FileServer:
         self.buffer_size = buffer_size
         self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(MAX_QUEUED)
         self._stopping = threading.Event()
+        self._active: set[socket.socket] = set()  # connections being served, cut by stop()
+        self._lock = threading.Lock()
         self.threads: list[threading.Thread] = []
 
     def start(self, name: str) -> None:
@@ -84,6 +86,10 @@ class FileServer:
     def stop(self) -> None:
         """Stop accepting; workers finish their request and leave (the caller closes the listener)."""
         self._stopping.set()
+        with self._lock:  # uploads in progress end now, not when their client is done
+            for conn in self._active:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         while True:  # the waiting connections get closed, the workers a stop sign each
             try:
                 item = self._queue.get_nowait()
@@ -124,10 +130,14 @@ class FileServer:
         with contextlib.suppress(OSError):  # replies go out whole; no waiting on Nagle
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
+        with self._lock:
+            self._active.add(conn)
         try:
-            while self._answer(conn, reader, who) and not self._stopping.is_set():
+            while not self._stopping.is_set() and self._answer(conn, reader, who):
                 pass
         finally:
+            with self._lock:
+                self._active.discard(conn)
             conn.close()
 
     def _answer(self, conn: socket.socket, reader: Buffer, who: str) -> bool:
