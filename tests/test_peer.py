@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from p2psync.files import STATE_DIR
-from p2psync.peer import Buffer
+from p2psync.peer import Buffer, FileSynchronizer
+from p2psync.tracker import Tracker
 
 from .classic_peer import ClassicPeer, recv_line
+from .conftest import inside
 from .loopback import LOOPBACK, in_thread, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -415,3 +417,34 @@ def test_a_round_fetches_many_files_in_parallel(tmp_path: Path, start_tracker, m
     for p in src.iterdir():
         assert (dst / p.name).read_bytes() == p.read_bytes()
         assert int((dst / p.name).stat().st_mtime) == int(p.stat().st_mtime)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_peers_sync_over_ipv6_loopback(tmp_path: Path) -> None:
+    tracker = Tracker(0, "::1")
+    tracker.start()
+    a, b = folders(tmp_path, "a", "b")
+    (a / "v6.txt").write_text("over ::1")
+    peers = []
+    try:
+        for folder in (a, b):
+            with inside(folder):
+                peers.append(FileSynchronizer("::1", tracker.port, 0, "::1", **FAST))
+        for p in peers:
+            p.start()
+        wait_until(lambda: (b / "v6.txt").exists(), 20, "the file to cross ::1")
+        assert (b / "v6.txt").read_text() == "over ::1"
+        assert tracker.directory.entries()["v6.txt"].ip == "::1"
+    finally:
+        for p in peers:
+            p.exit()
+        tracker.exit()
