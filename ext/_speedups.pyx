@@ -164,6 +164,11 @@ cdef class LineSplitter:
         """Bytes received but not yet returned as a line."""
         return PyBytes_FromStringAndSize(self._buf + self._start, self._end - self._start)
 
+    @property
+    def pending_bytes(self):
+        """How many bytes `pending` holds, without copying them."""
+        return self._end - self._start
+
 
 cdef class Buffer:
     """The classic `Buffer(sock, size)`: lines read from a socket (see p2psync._twin)."""

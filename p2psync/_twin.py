@@ -131,6 +131,11 @@ class LineSplitter:
         """Bytes received but not yet returned as a line."""
         return bytes(self._buf[self._start :])
 
+    @property
+    def pending_bytes(self) -> int:
+        """How many bytes `pending` holds, without copying them."""
+        return len(self._buf) - self._start
+
 
 class Buffer:
     """The classic `Buffer(sock, size)`: lines read from a socket.

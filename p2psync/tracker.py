@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .directory import Directory, PeerKey, is_loopback
 from .errors import P2PSyncError, UnsafeName
@@ -25,7 +25,15 @@ from .names import safe_name
 from .protocol import FileInfo, decode_peer_message
 from .transfer import LineSplitter
 
-__all__ = ["IDENTIFY_TIMEOUT_S", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES", "PEER_TIMEOUT_S", "Tracker", "main"]
+__all__ = [
+    "IDENTIFY_TIMEOUT_S",
+    "MAX_BUFFERED_BYTES",
+    "MAX_CONNECTIONS",
+    "MAX_MESSAGE_BYTES",
+    "PEER_TIMEOUT_S",
+    "Tracker",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +41,12 @@ PEER_TIMEOUT_S = 180.0  # the classic liveness rule
 IDENTIFY_TIMEOUT_S = 30.0  # a new connection must send its first message within this
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # one Init line: room for ~80,000 file names
 MAX_CONNECTIONS = 4096  # past it, new connections are closed at once (one log line each)
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # unfinished messages of all connections together
 _RECV_BYTES = 256 * 1024
 _SWEEP_INTERVAL_S = 1.0
+
+
+_NOTHING = memoryview(b"")
 
 
 @dataclass(eq=False)
@@ -45,7 +57,8 @@ class _Connection:
     last_seen: float
     loopback_alias: str | None  # see Directory.encoded
     peer: PeerKey | None = None
-    out: bytearray = field(default_factory=bytearray)
+    out: memoryview = _NOTHING  # the unsent rest of a reply: a view of the shared encoded directory
+    buffered: int = 0  # bytes of an unfinished message held for it, as last counted
 
     @property
     def name(self) -> str:
@@ -75,6 +88,7 @@ class Tracker(threading.Thread):
         identify_timeout: float = IDENTIFY_TIMEOUT_S,
         max_message: int = MAX_MESSAGE_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        max_buffered: int = MAX_BUFFERED_BYTES,
     ) -> None:
         super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
         self.host = host
@@ -84,6 +98,8 @@ class Tracker(threading.Thread):
         self.identify_timeout = identify_timeout
         self.max_message = max_message
         self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self._buffered = 0  # sum of every connection's `buffered`
         self.directory = Directory()
         self._connections: dict[socket.socket, _Connection] = {}
         self._owner: dict[PeerKey, _Connection] = {}  # the live connection that speaks for a peer
@@ -168,6 +184,7 @@ class Tracker(threading.Thread):
                     return
                 conn.splitter.feed(data)
             self._answer_lines(conn)
+            self._account(conn)
         except P2PSyncError as exc:
             self._close(conn, str(exc), level=logging.WARNING)
         except OSError as exc:
@@ -179,7 +196,7 @@ class Tracker(threading.Thread):
         while not conn.out and (line := conn.splitter.next_line()) is not None:
             conn.last_seen = time.monotonic()
             self._handle(conn, line)
-            conn.out += self.directory.encoded(conn.loopback_alias)
+            conn.out = memoryview(self.directory.encoded(conn.loopback_alias))  # shared, never copied
             self._flush(conn)
         if conn.sock in self._connections:
             events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
@@ -191,7 +208,7 @@ class Tracker(threading.Thread):
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
             return
-        del conn.out[:sent]
+        conn.out = conn.out[sent:] if sent < len(conn.out) else _NOTHING
 
     def _handle(self, conn: _Connection, line: bytes) -> None:
         message = decode_peer_message(line)
@@ -232,9 +249,21 @@ class Tracker(threading.Thread):
             if now - conn.last_seen > limit:
                 self._close(conn, f"silent for over {limit:g} s", level=logging.INFO)
 
+    def _account(self, conn: _Connection) -> None:
+        """Keep the bytes held for unfinished messages of all connections under
+        `max_buffered`: past it, the connection holding the most is dropped."""
+        held = conn.splitter.pending_bytes
+        self._buffered += held - conn.buffered
+        conn.buffered = held
+        if self._buffered > self.max_buffered:
+            hog = max(self._connections.values(), key=lambda c: c.buffered)
+            reason = f"holds {hog.buffered} bytes of an unfinished message while all buffers are full"
+            self._close(hog, f"{reason} ({self.max_buffered} bytes)", level=logging.WARNING)
+
     def _close(self, conn: _Connection, reason: str, level: int = logging.DEBUG) -> None:
         if self._connections.pop(conn.sock, None) is None:
             return
+        self._buffered -= conn.buffered
         log.log(level, "peer %s: %s; closing", conn.name, reason)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)

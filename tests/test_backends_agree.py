@@ -39,6 +39,7 @@ def drain(mod: ModuleType, chunks: list[bytes], max_line: int, batch: bool) -> t
                     lines.append(line)
     except P2PSyncError as exc:
         error = (type(exc), str(exc))
+    assert splitter.pending_bytes == len(splitter.pending)
     return lines, error, splitter.pending
 
 

@@ -158,3 +158,20 @@ def test_many_peers_at_once(start_tracker) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_unfinished_messages_share_one_memory_budget(start_tracker) -> None:
+    tracker = start_tracker(max_message=1 << 20, max_buffered=100_000)
+    with (
+        socket.create_connection((LOOPBACK, tracker.port), timeout=10) as good,
+        socket.create_connection((LOOPBACK, tracker.port), timeout=10) as small,
+        socket.create_connection((LOOPBACK, tracker.port), timeout=10) as big,
+    ):
+        ask(good, b'{"port": 8001, "files": [{"name": "a", "mtime": 1}]}\n')
+        small.sendall(b'{"port": 8002, "files": [' + b" " * 30_000)  # unfinished, within its own limit
+        wait_until(lambda: tracker._buffered >= 30_000, 10, "the first unfinished message to be held")
+        big.sendall(b'{"port": 8003, "files": [' + b" " * 80_000)  # together past the budget
+        wait_until(lambda: big.recv(1) == b"", 10, "the biggest holder to be dropped")
+        small.sendall(b"]}\n")  # the smaller one was kept and completes normally
+        assert json.loads(recv_line(small)[0]) == {"a": {"ip": "127.0.0.1", "port": 8001, "mtime": 1}}
+        assert "a" in ask(good, b'{"port": 8001}\n')
