@@ -123,6 +123,7 @@ class Fetcher:
                     raise _ResumeRefused(str(exc)) from None
                 raise
         self._check_length(part, entry, length)
+        part.reserve(length)
         sock.settimeout(RECV_TIMEOUT_S)
         with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
             recv_to_file(sock, part.fd, length, reader, hasher)
