@@ -25,8 +25,7 @@ from .errors import P2PSyncError, Refused, TransferError
 from .files import Folder, PartialFile
 from .hashing import BackgroundHasher, new_hasher
 from .protocol import DirectoryEntry, decode_reply, encode_request
-from .server import transfer_deadline
-from .transfer import HEADER_MAX_BYTES, Buffer, recv_to_file, request
+from .transfer import HEADER_MAX_BYTES, Buffer, recv_to_file, request, transfer_deadline
 from .watchdog import Watchdog
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]

@@ -18,6 +18,7 @@ import socket
 import threading
 from typing import Any
 
+from . import transfer
 from .errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from .files import Folder
 from .protocol import decode_request, encode_refusal
@@ -27,11 +28,9 @@ from .watchdog import Watchdog
 __all__ = [
     "MAX_QUEUED",
     "MAX_REQUEST_BYTES",
-    "MIN_RATE_BYTES_S",
     "REQUEST_TIMEOUT_S",
     "WORKERS",
     "FileServer",
-    "transfer_deadline",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,6 @@ REQUEST_TIMEOUT_S = 10.0  # from accept to a complete request line
 MAX_REQUEST_BYTES = 4096  # one request line: a name is at most 255 bytes
 WORKERS = 32  # requests served at once
 MAX_QUEUED = 1024  # accepted requests waiting for a worker; past it, `Error: busy`
-MIN_RATE_BYTES_S = 64 * 1024  # a transfer slower than this on average is cut off
-BASE_TRANSFER_S = 60.0  # ... after this much grace
-
-
-def transfer_deadline(nbytes: int) -> float:
-    """Seconds allowed for moving `nbytes`: a grace period plus the minimum rate."""
-    return BASE_TRANSFER_S + nbytes / MIN_RATE_BYTES_S
 
 
 def refuse(conn: socket.socket, reason: str) -> None:
@@ -151,8 +143,8 @@ class FileServer:
             fd, st = self.folder.open_for_serving(request.name)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
-            conn.settimeout(BASE_TRANSFER_S)
-            with self.watchdog.limit(conn, transfer_deadline(st.st_size - request.offset), "the upload"):
+            conn.settimeout(transfer.BASE_TRANSFER_S)
+            with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
                 sent = upload(conn, fd, st, request.offset)
             log.debug("served %s (%d bytes from %d) to %s", request.name, sent, request.offset, who)
             return request.keep_open

@@ -25,6 +25,7 @@ __all__ = [
     "recv_to_file",
     "send_from_file",
     "request",
+    "transfer_deadline",
     "upload",
 ]
 
@@ -54,6 +55,13 @@ else:
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
 SMALL_FILE_BYTES = 64 * 1024  # up to this, a reply is read and sent in one piece
+MIN_RATE_BYTES_S = 64 * 1024  # a transfer slower than this on average is cut off ...
+BASE_TRANSFER_S = 60.0  # ... after this much grace
+
+
+def transfer_deadline(nbytes: int) -> float:
+    """Seconds allowed for moving `nbytes`, either way: a grace period plus the minimum rate."""
+    return BASE_TRANSFER_S + nbytes / MIN_RATE_BYTES_S
 
 
 def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) -> int:

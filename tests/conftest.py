@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from p2psync import peer, tracker, transfer
+import p2psync.cli  # noqa: F401  (every module loaded, so the backend fixture reaches all)
+from p2psync import transfer
 from p2psync.peer import FileSynchronizer
 from p2psync.tracker import Tracker
 
@@ -19,10 +21,14 @@ CORE_NAMES = ("Buffer", "LineSplitter", "recv_to_file", "send_from_file")
 
 @pytest.fixture
 def backend(impl: ModuleType, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the tracker and peer code of this test on `impl`'s core (both backends)."""
-    for module in (transfer, peer, tracker):
-        for name in CORE_NAMES:
-            if hasattr(module, name):
+    """Run the tracker and peer code of this test on `impl`'s core (both backends):
+    every p2psync module that took a core name from `transfer` gets `impl`'s."""
+    chosen = {name: getattr(transfer, name) for name in CORE_NAMES}
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("p2psync.") or module_name in ("p2psync._twin", "p2psync._speedups"):
+            continue
+        for name, default in chosen.items():
+            if getattr(module, name, None) is default:
                 monkeypatch.setattr(module, name, getattr(impl, name))
     return "cython" if impl.__name__.endswith("_speedups") else "python"
 

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2psync import server as server_module
+from p2psync import transfer
 from p2psync.directory import Directory
 from p2psync.errors import ProtocolError
 from p2psync.files import STATE_DIR
@@ -321,7 +322,7 @@ def test_a_trickling_request_is_cut_off(tmp_path: Path, make_peer, monkeypatch) 
 
 
 def test_a_trickling_holder_is_cut_off(tmp_path: Path, make_peer, monkeypatch) -> None:
-    monkeypatch.setattr(server_module, "BASE_TRANSFER_S", 0.5)
+    monkeypatch.setattr(transfer, "BASE_TRANSFER_S", 0.5)
     peer = make_peer(tmp_path, 9)
     data = os.urandom(1000)
 
