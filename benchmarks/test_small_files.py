@@ -68,10 +68,8 @@ def p2psync_holder(tree: Path) -> Iterator[int]:
             f"127.0.0.1:{tracker.port}",
             "--port",
             "0",
-            "--interval",
-            "1",
             "-qq",
-        ],
+        ],  # default 5 s rounds: a holder rescanning every second would steal CPU from the transfer
     )
     try:
         _wait(lambda: len(tracker.directory) == FILES, 120, "the holder to report its files")
