@@ -105,10 +105,7 @@ class Fetcher:
             finally:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
-            if hasher is not None and hasher.hexdigest() != entry.sha256:
-                part.abandon()
-                raise TransferError(f"content does not match the advertised SHA-256 {entry.sha256}")
-            return part.commit(entry.mtime)
+            return self._install(part, entry, hasher)
 
     def _receive(self, sock: socket.socket, name: str, entry: DirectoryEntry, part: PartialFile, hasher: Any) -> None:
         if hasher is not None and part.offset:
@@ -210,9 +207,7 @@ class Fetcher:
                         self._check_length(part, entry, length)
                         hasher = hashlib.sha256()
                         recv_to_file(sock, part.fd, length, reader, hasher)
-                    if hasher.hexdigest() != entry.sha256:
-                        raise TransferError(f"{name}: content does not match the advertised SHA-256")
-                    if part.commit(entry.mtime):
+                    if self._install(part, entry, hasher):
                         installed += 1
                         log.debug("fetched %s (%d bytes) from %s:%d", name, length, *holder)
                     part.close()
@@ -227,6 +222,14 @@ class Fetcher:
                 part.close()
                 give_back.append((name, entry))
         return installed
+
+    @staticmethod
+    def _install(part: PartialFile, entry: DirectoryEntry, hasher: Any) -> bool:
+        """Commit a received partial, if its hash (when the version has one) matches."""
+        if hasher is not None and hasher.hexdigest() != entry.sha256:
+            part.abandon()  # wrong bytes are never kept for a resume
+            raise TransferError(f"content does not match the advertised SHA-256 {entry.sha256}")
+        return part.commit(entry.mtime)
 
     def _check_length(self, part: PartialFile, entry: DirectoryEntry, length: int) -> None:
         if entry.size is not None and part.offset + length != entry.size:

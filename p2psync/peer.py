@@ -257,8 +257,9 @@ class FileSynchronizer(threading.Thread):
         except (OSError, ProtocolError) as exc:
             self.fatal_tracker("Lost the connection to the tracker", exc)
             return
-        if self.msg.startswith(b'{"port": %d, "files"' % self.port):
-            self._reported = self._files_in_msg
+        # The tracker now has this list: it was in the Init just sent, or a
+        # KeepAlive was sent because the tracker had it already.
+        self._reported = self._files_in_msg
         self._first_round = False
         try:
             directory = decode_directory(line)

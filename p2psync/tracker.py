@@ -222,9 +222,7 @@ class Tracker(threading.Thread):
 
     def _claim(self, conn: _Connection, peer: PeerKey) -> None:
         """Let `conn` speak for `peer`; an older connection of the same peer is dead."""
-        if conn.peer is not None and self._owner.get(conn.peer) is conn:
-            del self._owner[conn.peer]
-            self.directory.forget(conn.peer)
+        self._release(conn)
         previous = self._owner.get(peer)
         if previous is not None and previous is not conn:
             self._close(previous, "replaced by a new connection of the same peer")
@@ -267,10 +265,14 @@ class Tracker(threading.Thread):
         log.log(level, "peer %s: %s; closing", conn.name, reason)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
+        self._release(conn)
+        conn.sock.close()  # last: whoever sees the close sees the directory without it
+
+    def _release(self, conn: _Connection) -> None:
+        """`conn` no longer speaks for its peer: forget that peer's files, if it was the one speaking."""
         if conn.peer is not None and self._owner.get(conn.peer) is conn:
             del self._owner[conn.peer]
             self.directory.forget(conn.peer)
-        conn.sock.close()  # last: whoever sees the close sees the directory without it
 
     def _close_all(self) -> None:
         for conn in list(self._connections.values()):
