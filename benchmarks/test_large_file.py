@@ -14,6 +14,7 @@ Reported: median MiB/s, median per-round ratio to raw, peak extra RSS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench_support import free_port, listening, wait_until
 
 HERE = Path(__file__).parent
 MiB = 1 << 20
@@ -43,12 +45,6 @@ def _serve_raw(listener: socket.socket, path: str) -> None:
             offset = 0
             while offset < size:
                 offset += os.sendfile(conn.fileno(), fd, offset, size - offset)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", params=SIZES)
@@ -82,7 +78,7 @@ def servers(source: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     if nginx and shutil.which("curl"):
         prefix = tmp_path_factory.mktemp("nginx")
-        port = _free_port()
+        port = free_port()
         (prefix / "nginx.conf").write_text(
             f"daemon off; worker_processes 1; pid {prefix}/nginx.pid; error_log {prefix}/error.log;\n"
             + ("user root;\n" if os.geteuid() == 0 else "")  # the test folders are private to us
@@ -94,13 +90,9 @@ def servers(source: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         )
         server = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
         procs.append(server)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    ports["nginx"] = port
-                    break
-            time.sleep(0.05)
+        with contextlib.suppress(RuntimeError):  # no nginx baseline then, said in the report
+            wait_until(lambda: listening(port), 10, "nginx")
+            ports["nginx"] = port
     yield ports
     for proc in procs:
         proc.terminate()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench_support import free_port, listening, wait_until
 
 from p2psync.peer import FileSynchronizer
 from p2psync.tracker import Tracker
@@ -28,20 +28,6 @@ from p2psync.tracker import Tracker
 FILES = 10_000
 FILE_BYTES = 4096
 ROUNDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +58,7 @@ def p2psync_holder(tree: Path) -> Iterator[int]:
         ],  # default 5 s rounds: a holder rescanning every second would steal CPU from the transfer
     )
     try:
-        _wait(lambda: len(tracker.directory) == FILES, 120, "the holder to report its files")
+        wait_until(lambda: len(tracker.directory) == FILES, 120, "the holder to report its files")
         yield tracker.port
     finally:
         holder.terminate()
@@ -86,17 +72,13 @@ def rsync_daemon(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         pytest.skip("rsync is not installed (apt-get install rsync): no baseline to compare with")
     conf = tmp_path_factory.mktemp("rsyncd") / "rsyncd.conf"
     conf.write_text(f"use chroot = no\nuid = root\ngid = root\n[src]\n    path = {tree}\n    read only = yes\n")
-    port = _free_port()
+    port = free_port()
     daemon = subprocess.Popen(
         ["rsync", "--daemon", "--no-detach", "--address=127.0.0.1", f"--port={port}", f"--config={conf}"]
     )
 
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
     try:
-        _wait(listening, 10, "the rsync daemon")
+        wait_until(lambda: listening(port), 10, "the rsync daemon")
         yield port
     finally:
         daemon.terminate()

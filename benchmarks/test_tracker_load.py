@@ -19,16 +19,12 @@ import sys
 import threading
 import time
 
+from bench_support import free_port, listening, wait_until
+
 PEERS = 1000
 FILES_PER_PEER = 10
 CLIENTS = 50
 SECONDS = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -73,16 +69,13 @@ def _keepalive_rate(port: int) -> tuple[float, int]:
 def _redis_get_rate(size: int) -> float | None:
     if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
         return None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+        wait_until(lambda: listening(port), 10, "redis-server to start")
         out = subprocess.run(
             [
                 "redis-benchmark",
@@ -115,7 +108,7 @@ def _redis_get_rate(size: int) -> float | None:
 def test_keepalive_round_trips(benchmark, capsys) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    port = _free_port()
+    port = free_port()
     tracker = subprocess.Popen(
         [sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)],
         stdout=subprocess.DEVNULL,
@@ -123,10 +116,7 @@ def test_keepalive_round_trips(benchmark, capsys) -> None:
     )
     peers: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 10
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline, "tracker did not start"
-            time.sleep(0.05)
+        wait_until(lambda: listening(port), 10, "tracker to start")
         for i in range(PEERS):
             sock = socket.create_connection(("127.0.0.1", port))
             files = [{"name": f"peer{i}-file{j}.dat", "mtime": 1772047595 + j, "size": 4096} for j in range(10)]

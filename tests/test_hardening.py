@@ -4,7 +4,6 @@ the peer and tracker keep serving. Both backends."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -13,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -29,46 +27,10 @@ from p2psync.files import STATE_DIR
 from p2psync.protocol import decode_peer_message
 
 from .classic_peer import recv_line
+from .holders import Holder, info_for, sha
 from .loopback import LOOPBACK, in_thread
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def info_for(data: bytes, port: int, mtime: int = 2000) -> dict:
-    return {"ip": LOOPBACK, "port": port, "mtime": mtime, "size": len(data), "sha256": sha(data)}
-
-
-class Holder:
-    """A hand-made holder: records each request line, answers with `answer(request)`."""
-
-    def __init__(self, answer) -> None:
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self.requests: list[bytes] = []
-        self.answer = answer
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    line, _ = recv_line(conn)
-                    self.requests.append(line)
-                    self.answer(conn, line)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 # ------------------------------------------------------------------ resume

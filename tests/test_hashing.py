@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from p2psync.hashing import BACKGROUND_MIN_BYTES, BackgroundHasher, new_hasher
 
-from .test_hardening import Holder, info_for
+from .holders import Holder, info_for
 
 
 @settings(max_examples=50, deadline=None)

@@ -17,6 +17,7 @@ from p2psync.tracker import Tracker
 
 from .classic_peer import ClassicPeer, recv_line
 from .conftest import inside
+from .holders import Holder, info_for
 from .loopback import LOOPBACK, in_thread, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -212,18 +213,6 @@ def test_a_client_that_never_asks_does_not_block_others(serving) -> None:
 # ------------------------------------------------------------------ receiving bad answers
 
 
-def _one_shot_server(reply: bytes) -> tuple[socket.socket, object]:
-    server = socket.create_server((LOOPBACK, 0))
-
-    def answer() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(1024)
-            conn.sendall(reply)
-
-    return server, in_thread(answer)
-
-
 @pytest.mark.parametrize(
     "reply",
     [
@@ -239,19 +228,13 @@ def test_a_bad_answer_keeps_the_good_old_file(tmp_path: Path, make_peer, reply: 
     (tmp_path / "keep.txt").write_text("good old")
     os.utime(tmp_path / "keep.txt", (1000, 1000))
     peer = make_peer(tmp_path, 9)
-    server, answered = _one_shot_server(reply)
-    with server:
-        info = {
-            "ip": LOOPBACK,
-            "port": server.getsockname()[1],
-            "mtime": 2000,
-            "size": 3,
-            "sha256": hashlib.sha256(b"new").hexdigest(),
-        }
-        if reply.startswith(b"Content-Length: 10"):
-            info.pop("size")
-        assert peer.syncfile("keep.txt", info) is False
-        answered()
+    holder = Holder(lambda conn, line: conn.sendall(reply))
+    info = info_for(b"new", holder.port)
+    if reply.startswith(b"Content-Length: 10"):
+        info.pop("size")
+    assert peer.syncfile("keep.txt", info) is False
+    holder.close()
+    assert holder.requests == [b"keep.txt"]
     assert (tmp_path / "keep.txt").read_text() == "good old"
     assert os.path.getmtime(tmp_path / "keep.txt") == 1000
     # nothing beside it; a broken-off hashed download may be kept, hidden, for a resume
@@ -260,44 +243,32 @@ def test_a_bad_answer_keeps_the_good_old_file(tmp_path: Path, make_peer, reply: 
 
 def test_an_oversize_offer_is_refused_before_writing(tmp_path: Path, make_peer) -> None:
     peer = make_peer(tmp_path, 9)
-    server, answered = _one_shot_server(b"Content-Length: 99999999999999999\n")
-    with server:
-        assert not peer.syncfile("huge.bin", {"ip": LOOPBACK, "port": server.getsockname()[1], "mtime": 5})
-        answered()
+    holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: 99999999999999999\n"))
+    assert not peer.syncfile("huge.bin", {"ip": LOOPBACK, "port": holder.port, "mtime": 5})
+    holder.close()
+    assert holder.requests == [b"huge.bin"]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_verified_download_installs(tmp_path: Path, make_peer) -> None:
     peer = make_peer(tmp_path, 9)
-    server, answered = _one_shot_server(b"Content-Length: 3\nnew")
-    with server:
-        info = {
-            "ip": LOOPBACK,
-            "port": server.getsockname()[1],
-            "mtime": 2000,
-            "size": 3,
-            "sha256": hashlib.sha256(b"new").hexdigest(),
-        }
-        assert peer.syncfile("fresh.txt", info) is True
-        answered()
+    holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: 3\nnew"))
+    assert peer.syncfile("fresh.txt", info_for(b"new", holder.port)) is True
+    holder.close()
+    assert holder.requests == [b"fresh.txt"]
     assert (tmp_path / "fresh.txt").read_bytes() == b"new"
     assert os.path.getmtime(tmp_path / "fresh.txt") == 2000
 
 
 def test_a_failed_holder_falls_back_to_another_source(tmp_path: Path, make_peer) -> None:
     peer = make_peer(tmp_path, 9)
-    bad, bad_done = _one_shot_server(b"Content-Length: 3\nx")
-    good, good_done = _one_shot_server(b"Content-Length: 3\nnew")
-    with bad, good:
-        info = {
-            "ip": LOOPBACK,
-            "port": bad.getsockname()[1],
-            "mtime": 2000,
-            "sources": [[LOOPBACK, bad.getsockname()[1]], [LOOPBACK, good.getsockname()[1]]],
-        }
-        assert peer.syncfile("f.txt", info) is True
-        bad_done()
-        good_done()
+    bad = Holder(lambda conn, line: conn.sendall(b"Content-Length: 3\nx"))
+    good = Holder(lambda conn, line: conn.sendall(b"Content-Length: 3\nnew"))
+    info = {"ip": LOOPBACK, "port": bad.port, "mtime": 2000, "sources": [[LOOPBACK, bad.port], [LOOPBACK, good.port]]}
+    assert peer.syncfile("f.txt", info) is True
+    bad.close()
+    good.close()
+    assert bad.requests == good.requests == [b"f.txt"]
     assert (tmp_path / "f.txt").read_bytes() == b"new"
 
 
