@@ -15,11 +15,8 @@ Reported: median MiB/s, median per-round ratio to raw, peak extra RSS.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import multiprocessing
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,23 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import free_port, listening, wait_until
+from bench_support import MiB, free_port, listening, sendfile_server, wait_until, write_source
 
 HERE = Path(__file__).parent
-MiB = 1 << 20
 SIZES = [pytest.param(256 * MiB, id="256MiB"), pytest.param(1024 * MiB, id="1GiB", marks=pytest.mark.big)]
 ROUNDS = 5
-
-
-def _serve_raw(listener: socket.socket, path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    while True:
-        conn, _ = listener.accept()
-        with conn:
-            offset = 0
-            while offset < size:
-                offset += os.sendfile(conn.fileno(), fd, offset, size - offset)
 
 
 @pytest.fixture(scope="module", params=SIZES)
@@ -52,13 +37,8 @@ def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     size = request.param
     folder = tmp_path_factory.mktemp("large-src")
     path = folder / "large.bin"
-    hasher = hashlib.sha256()
-    with open(path, "wb") as out:
-        block = os.urandom(MiB)
-        for _ in range(size // MiB):
-            out.write(block)
-            hasher.update(block)
-    yield folder, path, size, hasher.hexdigest()
+    digest = write_source(path, size)
+    yield folder, path, size, digest
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +50,7 @@ def servers(source: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     procs.append(holder)
     assert holder.stdout is not None
     ports["p2psync"] = int(holder.stdout.readline())
-    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
-    raw = multiprocessing.get_context("fork").Process(target=_serve_raw, args=(listener, str(path)), daemon=True)
-    raw.start()
+    raw, listener = sendfile_server(path, protocol=False)
     ports["raw"] = listener.getsockname()[1]
     ports["nginx"] = None
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)

@@ -9,7 +9,6 @@ sender is a separate process, as a real holder is.
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 import socket
 import statistics
@@ -19,8 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bench_support import MiB, sendfile_server, write_source
 
-from p2psync.protocol import decode_reply, encode_header
+from p2psync.protocol import decode_reply
 
 twin = importlib.import_module("p2psync._twin")
 try:
@@ -28,7 +28,6 @@ try:
 except ImportError:
     fast = None
 
-MiB = 1 << 20
 RAW_BUFFER = 1 * MiB
 SIZES = [
     pytest.param(1 * MiB, id="1MiB"),
@@ -37,40 +36,15 @@ SIZES = [
 ]
 
 
-def _holder(listener: socket.socket, path: str, protocol: bool) -> None:
-    """The sending side, in its own process: answer each connection with the file."""
-    fd = os.open(path, os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    while True:
-        conn, _ = listener.accept()
-        with conn:
-            if protocol:
-                request = b""
-                while not request.endswith(b"\n"):
-                    request += conn.recv(4096)
-                conn.sendall(encode_header(size))
-            offset = 0
-            while offset < size:
-                offset += os.sendfile(conn.fileno(), fd, offset, size - offset)
-
-
 @pytest.fixture(scope="module", params=SIZES)
 def holder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """A source file of the size, and two holder processes: with and without the protocol."""
     size = request.param
     src = tmp_path_factory.mktemp("src") / "source.bin"
-    with open(src, "wb") as out:
-        block = os.urandom(MiB)
-        for _ in range(size // MiB):
-            out.write(block)
-    ctx = multiprocessing.get_context("fork")
-    listeners, procs = {}, []
-    for protocol in (True, False):
-        listener = socket.create_server(("127.0.0.1", 0), backlog=16)
-        proc = ctx.Process(target=_holder, args=(listener, str(src), protocol), daemon=True)
-        proc.start()
-        listeners[protocol] = listener
-        procs.append(proc)
+    write_source(src, size)
+    servers = {protocol: sendfile_server(src, protocol) for protocol in (True, False)}
+    listeners = {protocol: listener for protocol, (_, listener) in servers.items()}
+    procs = [proc for proc, _ in servers.values()]
     yield size, listeners[True].getsockname(), listeners[False].getsockname(), src.parent
     for proc in procs:
         proc.kill()
