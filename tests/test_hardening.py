@@ -331,7 +331,8 @@ def test_a_flood_of_connections_gets_a_clear_refusal(tmp_path: Path, make_peer, 
 # ------------------------------------------------------------------ symlinks on the writing side
 
 
-def test_a_symlink_in_the_folder_is_replaced_not_followed(tmp_path: Path, make_peer) -> None:
+@pytest.mark.parametrize("anonymous", [True, False], ids=["anonymous-partials", "named-partials"])
+def test_a_symlink_in_the_folder_is_replaced_not_followed(tmp_path: Path, make_peer, anonymous: bool) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     outside = tmp_path / "outside.txt"
@@ -339,13 +340,19 @@ def test_a_symlink_in_the_folder_is_replaced_not_followed(tmp_path: Path, make_p
     os.symlink(outside, folder / "f.txt")
     os.symlink(outside, folder / "g.txt.part")  # a planted partial name, too
     peer = make_peer(folder, 9)
+    peer.folder._anonymous_ok = anonymous  # both ways a download can start (O_TMPFILE, or `name.part`)
     data = b"new content"
     holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: %d\n" % len(data) + data))
     assert peer.syncfile("f.txt", {"ip": LOOPBACK, "port": holder.port, "mtime": 5}) is True
-    assert peer.syncfile("g.txt", {"ip": LOOPBACK, "port": holder.port, "mtime": 5}) is False
+    # An anonymous download never opens g.txt.part; a named one refuses to write through it.
+    assert peer.syncfile("g.txt", {"ip": LOOPBACK, "port": holder.port, "mtime": 5}) is anonymous
     holder.close()
     assert outside.read_text() == "must not change"
     assert not (folder / "f.txt").is_symlink() and (folder / "f.txt").read_bytes() == data
+    assert not (folder / "f.txt.part").exists()
+    assert (folder / "g.txt.part").is_symlink()
+    if anonymous:
+        assert (folder / "g.txt").read_bytes() == data
 
 
 # ------------------------------------------------------------------ tracker fuzz

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -241,6 +242,29 @@ def test_a_bad_answer_keeps_the_good_old_file(tmp_path: Path, make_peer, reply: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != STATE_DIR) == ["keep.txt"]
 
 
+@pytest.mark.parametrize("anonymous", [True, False], ids=["anonymous-partials", "named-partials"])
+@pytest.mark.parametrize("local_mtime", [1000, 2000], ids=["older-local-edit", "newer-local-edit"])
+def test_a_file_written_locally_during_a_download(tmp_path: Path, make_peer, anonymous: bool, local_mtime: int) -> None:
+    """The name appears locally while the download is in flight: a newer local file
+    stays (the download is dropped, nothing left beside it), an older one is replaced."""
+    peer = make_peer(tmp_path, 9)
+    peer.folder._anonymous_ok = anonymous
+
+    def edit_then_answer(conn: socket.socket, line: bytes) -> None:
+        (tmp_path / "race.txt").write_text("local edit")
+        os.utime(tmp_path / "race.txt", (local_mtime, local_mtime))
+        conn.sendall(b"Content-Length: 6\nremote")
+
+    holder = Holder(edit_then_answer)
+    info = info_for(b"remote", holder.port, mtime=1500)
+    newer_local = local_mtime > 1500
+    assert peer.syncfile("race.txt", info) is not newer_local
+    holder.close()
+    assert (tmp_path / "race.txt").read_text() == ("local edit" if newer_local else "remote")
+    assert os.path.getmtime(tmp_path / "race.txt") == (local_mtime if newer_local else 1500)
+    assert [p.name for p in tmp_path.iterdir()] == ["race.txt"]
+
+
 def test_an_oversize_offer_is_refused_before_writing(tmp_path: Path, make_peer) -> None:
     peer = make_peer(tmp_path, 9)
     holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: 99999999999999999\n"))
@@ -320,9 +344,22 @@ def test_a_junk_tracker_never_makes_the_peer_write_or_crash(tmp_path: Path, make
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
-def test_exit_is_quick_and_leaves_no_part(tmp_path: Path, make_peer) -> None:
+def _files_open_in(folder: Path) -> list[str]:
+    """What this process has open inside `folder` (an O_TMPFILE shows as `#inode (deleted)`)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{folder}/"):
+                found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("anonymous", [True, False], ids=["anonymous-partials", "named-partials"])
+def test_exit_is_quick_and_leaves_no_part(tmp_path: Path, make_peer, anonymous: bool) -> None:
     """A download in flight when exit() is called is abandoned and cleaned up."""
     peer = make_peer(tmp_path, 9)
+    peer.folder._anonymous_ok = anonymous  # both ways a download can start (O_TMPFILE, or `name.part`)
     server = socket.create_server((LOOPBACK, 0))
     started = threading.Event()
 
@@ -340,7 +377,7 @@ def test_exit_is_quick_and_leaves_no_part(tmp_path: Path, make_peer) -> None:
             lambda: peer.syncfile("big.bin", {"ip": LOOPBACK, "port": server.getsockname()[1], "mtime": 1})
         )
         started.wait(10)
-        wait_until(lambda: (tmp_path / "big.bin.part").exists(), 10, "the partial file")
+        wait_until(lambda: _files_open_in(tmp_path), 10, "the partial file")
         peer.exit()
         assert fetch() is False
         sender()
