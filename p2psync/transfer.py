@@ -22,6 +22,7 @@ __all__ = [
     "RECV_BUFFER_BYTES",
     "Buffer",
     "LineSplitter",
+    "recv_body",
     "recv_to_file",
     "send_from_file",
     "request",
@@ -129,3 +130,28 @@ def request(
     except OSError as exc:
         raise TransferError(f"receiving the header failed: {exc.strerror or exc}") from None
     return decode_reply(header), reader
+
+
+def recv_body(sock: socket.socket, reader: Buffer, nbytes: int) -> bytes:
+    """The `nbytes` that follow a header, into memory: for small bodies only
+    (a pipeline receives many back to back, mostly already in `reader`).
+
+    Raises `TransferError` if the stream ends early, times out or fails.
+    """
+    data = reader.take(nbytes)
+    if len(data) == nbytes:
+        return data
+    parts = [data]
+    done = len(data)
+    while done < nbytes:
+        try:
+            chunk = sock.recv(nbytes - done)
+        except TimeoutError:
+            raise TransferError(f"timed out after {done} of {nbytes} bytes") from None
+        except OSError as exc:
+            raise TransferError(f"receive failed after {done} of {nbytes} bytes: {exc.strerror or exc}") from None
+        if not chunk:
+            raise TransferError(f"connection closed after {done} of {nbytes} bytes")
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)

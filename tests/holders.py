@@ -45,3 +45,45 @@ class Holder:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class PipelineHolder:
+    """A hand-made p2psync holder that keeps connections open for keep-open
+    requests. `reply(name)` gives each reply's bytes (None: hang up instead)."""
+
+    def __init__(self, reply) -> None:
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer_all, args=(conn,), daemon=True).start()
+
+    def _answer_all(self, conn: socket.socket) -> None:
+        held = b""
+        with conn:
+            try:
+                while True:
+                    line, held = recv_line(conn, held)
+                    self.requests.append(line)
+                    answer = self.reply(line.split(b"\x00")[0].decode())
+                    if answer is None:
+                        return
+                    conn.sendall(answer)
+                    if not line.endswith(b"\x00keep-open"):
+                        return
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()

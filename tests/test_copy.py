@@ -11,6 +11,7 @@ from types import ModuleType
 
 import pytest
 
+from p2psync import transfer
 from p2psync.errors import TransferError
 
 from .loopback import in_thread, tcp_pair
@@ -225,3 +226,41 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# ------------------------------------------------------------------ recv_body (small replies into memory)
+
+
+@pytest.mark.parametrize("reader_size", [8, 64 * 1024], ids=["body-mostly-unread", "body-already-buffered"])
+def test_recv_body_takes_buffered_bytes_then_receives_the_rest(impl: ModuleType, reader_size: int) -> None:
+    body = pattern(5000)
+    client, server = tcp_pair()
+    with client, server:
+        server.sendall(b"Content-Length: 5000\n" + body + b"Content-Length: 1\nz")
+        reader = impl.Buffer(client, reader_size)
+        assert reader.read_line() == b"Content-Length: 5000"
+        assert transfer.recv_body(client, reader, 5000) == body
+        assert reader.read_line() == b"Content-Length: 1"  # the next reply is intact
+        assert transfer.recv_body(client, reader, 1) == b"z"
+
+
+def test_recv_body_of_a_stream_that_ends_early(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client:
+        server.sendall(b"Content-Length: 100\n" + b"x" * 40)
+        server.close()
+        reader = impl.Buffer(client, 16)
+        reader.read_line()
+        with pytest.raises(TransferError, match="closed after 40 of 100 bytes"):
+            transfer.recv_body(client, reader, 100)
+
+
+def test_recv_body_times_out(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server:
+        client.settimeout(0.2)
+        server.sendall(b"Content-Length: 100\n" + b"x" * 10)
+        reader = impl.Buffer(client, 64)
+        reader.read_line()
+        with pytest.raises(TransferError, match="timed out after 10 of 100 bytes"):
+            transfer.recv_body(client, reader, 100)
