@@ -20,7 +20,15 @@ from posix.unistd cimport pread, write
 
 from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
 
-__all__ = ["MAX_LINE_BYTES", "RECV_BUFFER_BYTES", "Buffer", "LineSplitter", "recv_to_file", "send_from_file"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "RECV_BUFFER_BYTES",
+    "Buffer",
+    "LineSplitter",
+    "link_new_files",
+    "recv_to_file",
+    "send_from_file",
+]
 
 MAX_LINE_BYTES = 64 * 1024
 RECV_BUFFER_BYTES = 1024 * 1024
@@ -65,6 +73,58 @@ cdef extern from *:
     ssize_t p2p_sendfile(int out_fd, int in_fd, off_t *offset, size_t count) nogil
     int MSG_NOSIGNAL
     int EWOULDBLOCK
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <stdio.h>
+    #include <sys/stat.h>
+    #include <unistd.h>
+    /* One file of link_new_files (see p2psync/_twin.py): its inode, 0 when the
+       name is taken, -errno on failure. The anonymous file vanishes with its fd
+       unless linked, so every path but success leaves nothing behind. */
+    static long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime) {
+    #if defined(__linux__) && defined(O_TMPFILE)
+        char path[64];
+        struct timespec times[2];
+        struct stat st;
+        ssize_t wrote;
+        int fd, err;
+        fd = openat(dir_fd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0644);
+        if (fd < 0) return -errno;
+        while (n) {
+            wrote = write(fd, data, n);
+            if (wrote < 0) {
+                if (errno == EINTR) continue;
+                goto fail;
+            }
+            data += wrote;
+            n -= (size_t)wrote;
+        }
+        times[0].tv_sec = times[1].tv_sec = (time_t)mtime;
+        times[0].tv_nsec = times[1].tv_nsec = 0;
+        if (futimens(fd, times) < 0 || fstat(fd, &st) < 0) goto fail;
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (linkat(AT_FDCWD, path, dir_fd, name, AT_SYMLINK_FOLLOW) < 0) {
+            if (errno == EEXIST) {
+                close(fd);
+                return 0;
+            }
+            goto fail;
+        }
+        close(fd);
+        return (long long)st.st_ino;
+    fail:
+        err = errno;
+        close(fd);
+        return -err;
+    #else
+        (void)dir_fd; (void)name; (void)data; (void)n; (void)mtime;
+        return -ENOSYS;
+    #endif
+    }
+    """
+    long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime) nogil
 
 
 cdef inline object _too_long(const char *start, Py_ssize_t available, Py_ssize_t max_line):
@@ -429,3 +489,49 @@ def send_from_file(sock, int fd, long long offset, long long nbytes):
         else:
             raise TransferError(f"send failed: {_strerror(err)}")
     return nbytes
+
+
+def link_new_files(int dir_fd, files):
+    """Create each `(name, data, mtime)` in `dir_fd`, complete or not at all (see p2psync/_twin.py).
+
+    The whole batch runs without the GIL: one release for many files.
+    """
+    cdef Py_ssize_t count = len(files)
+    cdef Py_ssize_t i, done = 0
+    cdef const char **names = NULL
+    cdef const char **datas = NULL
+    cdef size_t *sizes = NULL
+    cdef long long *mtimes = NULL
+    cdef long long *results = NULL
+    held = [tuple(item) for item in files]  # keeps every buffer alive while the GIL is released
+    if not count:
+        return []
+    names = <const char **>malloc(count * sizeof(char *))
+    datas = <const char **>malloc(count * sizeof(char *))
+    sizes = <size_t *>malloc(count * sizeof(size_t))
+    mtimes = <long long *>malloc(count * sizeof(long long))
+    results = <long long *>malloc(count * sizeof(long long))
+    try:
+        if not (names and datas and sizes and mtimes and results):
+            raise MemoryError()
+        for i in range(count):
+            name, data, mtime = held[i]
+            if not isinstance(name, bytes) or not isinstance(data, bytes):
+                raise TypeError("link_new_files wants (bytes name, bytes data, int mtime) tuples")
+            names[i] = <bytes>name
+            datas[i] = <bytes>data
+            sizes[i] = len(<bytes>data)
+            mtimes[i] = mtime
+        with nogil:
+            while done < count:
+                results[done] = p2p_link_new_file(dir_fd, names[done], datas[done], sizes[done], mtimes[done])
+                done += 1
+                if results[done - 1] < 0:
+                    break
+        return [results[i] for i in range(done)]
+    finally:
+        free(names)
+        free(datas)
+        free(sizes)
+        free(mtimes)
+        free(results)

@@ -1,10 +1,19 @@
 # Type stub for the Cython extension; it mirrors p2psync/_twin.py exactly.
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
 from typing_extensions import disjoint_base
 
-__all__ = ["MAX_LINE_BYTES", "RECV_BUFFER_BYTES", "Buffer", "LineSplitter", "recv_to_file", "send_from_file"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "RECV_BUFFER_BYTES",
+    "Buffer",
+    "LineSplitter",
+    "link_new_files",
+    "recv_to_file",
+    "send_from_file",
+]
 
 MAX_LINE_BYTES: int
 RECV_BUFFER_BYTES: int
@@ -50,3 +59,4 @@ def recv_to_file(
     buffer_size: int = ...,
 ) -> int: ...
 def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> int: ...
+def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int]]) -> list[int]: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
 from .errors import ConnectionClosed, ProtocolError, TransferError
@@ -24,6 +25,7 @@ __all__ = [
     "RECV_BUFFER_BYTES",
     "Buffer",
     "LineSplitter",
+    "link_new_files",
     "recv_to_file",
     "send_from_file",
 ]
@@ -31,6 +33,7 @@ __all__ = [
 MAX_LINE_BYTES = 64 * 1024  # default bound on one line, without its newline
 RECV_BUFFER_BYTES = 1024 * 1024  # the one buffer a receive moves bytes through (1 MiB: measured best)
 _QUOTED_BYTES = 100  # how much of an overlong line an error quotes
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 
 
 class _Hasher(Protocol):
@@ -271,3 +274,38 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
     if sent != nbytes:
         raise TransferError(f"file ended after {sent} of {nbytes} bytes (changed while being sent?)")
     return nbytes
+
+
+def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
+    """Create each `(name, data, mtime)` in the folder `dir_fd` complete or not at all:
+    written as an anonymous file (`O_TMPFILE`), stamped with `mtime` (whole
+    seconds), then linked under `name`, which never replaces anything.
+
+    Returns one number per file, in order: its inode when created; 0 when
+    `name` was taken (nothing is left behind); `-errno` when it failed, and
+    then the list ends there (later files were not tried). Linux only; the
+    caller checks names and has verified the data. The hot half of installing
+    a pipeline's small downloads: the extension does a whole batch without the GIL.
+    """
+    results: list[int] = []
+    for name, data, mtime in files:
+        try:
+            fd = os.open(".", os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            results.append(-(exc.errno or 1))
+            break
+        try:
+            _write_all(fd, memoryview(data))
+            os.utime(fd, (mtime, mtime))
+            inode = os.fstat(fd).st_ino
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            results.append(0)
+        except OSError as exc:
+            results.append(-(exc.errno or 1))
+            break
+        else:
+            results.append(inode)
+        finally:
+            os.close(fd)
+    return results

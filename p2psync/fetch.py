@@ -214,12 +214,10 @@ class Fetcher:
                     size = sum(entry.size or 0 for _, entry in batch)
                     self._check_space(size)
                     with self.watchdog.limit(sock, transfer_deadline(size), f"receiving {len(batch)} files"):
-                        while batch:
-                            name, entry = batch[0]
-                            if self._receive_one(sock, reader, name, entry):
-                                installed += 1
-                                log.debug("fetched %s from %s:%d", name, *holder)
-                            del batch[0]
+                        got, failure = self._receive_batch(sock, reader, batch, holder)
+                        installed += got
+                        if failure is not None:
+                            raise failure
                     batches.popleft()
         except (P2PSyncError, OSError) as exc:
             if batches:
@@ -231,15 +229,34 @@ class Fetcher:
                 give_back.extend(batch)
         return installed
 
-    def _receive_one(self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry) -> bool:
-        """Receive the next reply of a pipeline, verify it and install it; whether it was installed."""
+    def _receive_batch(
+        self, sock: socket.socket, reader: Buffer, batch: list[tuple[str, DirectoryEntry]], holder: tuple[str, int]
+    ) -> tuple[int, P2PSyncError | OSError | None]:
+        """Receive the replies to `batch`, verify them and install them together:
+        how many were installed, and what stopped the batch early, if anything
+        (what arrived verified before it is installed and removed from `batch`)."""
+        verified: list[tuple[str, bytes, int, str | None]] = []
+        failure: P2PSyncError | OSError | None = None
+        try:
+            for name, entry in batch:
+                verified.append((name, self._receive_verified(sock, reader, name, entry), entry.mtime, entry.sha256))
+        except (P2PSyncError, OSError) as exc:
+            failure = exc
+        installed = self.folder.install_many(verified)
+        log.debug("fetched %d files from %s:%d, installed %d", len(verified), *holder, installed)
+        del batch[: len(verified)]
+        return installed, failure
+
+    @staticmethod
+    def _receive_verified(sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry) -> bytes:
+        """The body of the next reply of a pipeline, if it is exactly the version `entry` names."""
         length = decode_reply(reader.read_line())
         if length != entry.size:
             raise TransferError(f"holder offers {length} bytes of {name}, the directory says {entry.size}")
         data = recv_body(sock, reader, length)
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise TransferError(f"{name}: content does not match the advertised SHA-256 {entry.sha256}")
-        return self.folder.install_bytes(name, data, entry.mtime, entry.sha256)
+        return data
 
     @staticmethod
     def _install(part: PartialFile, entry: DirectoryEntry, hasher: Any) -> bool:

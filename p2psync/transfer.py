@@ -22,6 +22,7 @@ __all__ = [
     "RECV_BUFFER_BYTES",
     "Buffer",
     "LineSplitter",
+    "link_new_files",
     "recv_body",
     "recv_to_file",
     "send_from_file",
@@ -33,7 +34,15 @@ __all__ = [
 _NO_EXT = os.environ.get("P2PSYNC_NO_EXTENSIONS") == "1"  # only "1"; "0" keeps it on
 
 if TYPE_CHECKING or _NO_EXT:  # mypy reads the typed twin
-    from ._twin import MAX_LINE_BYTES, RECV_BUFFER_BYTES, Buffer, LineSplitter, recv_to_file, send_from_file
+    from ._twin import (
+        MAX_LINE_BYTES,
+        RECV_BUFFER_BYTES,
+        Buffer,
+        LineSplitter,
+        link_new_files,
+        recv_to_file,
+        send_from_file,
+    )
 
     BACKEND = "python"
 else:
@@ -43,13 +52,22 @@ else:
             RECV_BUFFER_BYTES,
             Buffer,
             LineSplitter,
+            link_new_files,
             recv_to_file,
             send_from_file,
         )
 
         BACKEND = "cython"
     except ImportError:  # installed without a compiler: the twin serves
-        from ._twin import MAX_LINE_BYTES, RECV_BUFFER_BYTES, Buffer, LineSplitter, recv_to_file, send_from_file
+        from ._twin import (
+            MAX_LINE_BYTES,
+            RECV_BUFFER_BYTES,
+            Buffer,
+            LineSplitter,
+            link_new_files,
+            recv_to_file,
+            send_from_file,
+        )
 
         BACKEND = "python"
 

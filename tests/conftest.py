@@ -16,7 +16,7 @@ from p2psync import transfer
 from p2psync.peer import FileSynchronizer
 from p2psync.tracker import Tracker
 
-CORE_NAMES = ("Buffer", "LineSplitter", "recv_to_file", "send_from_file")
+CORE_NAMES = ("Buffer", "LineSplitter", "link_new_files", "recv_to_file", "send_from_file")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ both ways a download can start (an anonymous O_TMPFILE, or `name.part`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from p2psync.errors import UnsafeName
 from p2psync.files import Folder
 
 from .holders import sha
+
+pytestmark = pytest.mark.usefixtures("backend")  # new names are created by the core's link_new_files
 
 STYLES = pytest.mark.parametrize("anonymous", [True, False], ids=["anonymous-partials", "named-partials"])
 
@@ -71,3 +74,64 @@ def test_install_bytes_refuses_names_it_may_not_write(folder: Folder, tmp_path: 
         folder.install_bytes(name, b"x", 1234)
     assert _names(tmp_path / "dst") == []
     assert _names(tmp_path) == ["dst"]
+
+
+def test_install_many_installs_what_it_can_and_counts_it(folder: Folder, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    (dst / "newer.txt").write_bytes(b"local")
+    os.utime(dst / "newer.txt", (5000, 5000))
+    downloads = [(f"n{i}.txt", b"%d" % i, 1000 + i, sha(b"%d" % i)) for i in range(50)]
+    downloads.insert(10, ("newer.txt", b"remote", 1234, None))  # a newer local file stays
+    assert folder.install_many(downloads) == 50
+    assert (dst / "newer.txt").read_bytes() == b"local"
+    for i in range(50):
+        assert (dst / f"n{i}.txt").read_bytes() == b"%d" % i
+        assert os.stat(dst / f"n{i}.txt").st_mtime == 1000 + i
+    scanned = folder.scan()
+    assert all(scanned[f"n{i}.txt"].sha256 == sha(b"%d" % i) for i in range(50))
+
+
+# ------------------------------------------------------------------ the core's half: link_new_files
+
+
+def _dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_link_new_files_creates_each_complete_with_its_mtime(impl, tmp_path: Path) -> None:
+    fd = _dir(tmp_path)
+    try:
+        files = [(b"a.bin", os.urandom(5000), 1000), (b"empty", b"", 2000), (b"b.bin", b"x" * 70000, 3000)]
+        inodes = impl.link_new_files(fd, files)
+    finally:
+        os.close(fd)
+    assert [os.stat(tmp_path / n.decode()).st_ino for n, _, _ in files] == inodes
+    for name, data, mtime in files:
+        assert (tmp_path / name.decode()).read_bytes() == data
+        assert os.stat(tmp_path / name.decode()).st_mtime_ns == mtime * 1_000_000_000
+
+
+def test_link_new_files_never_replaces_and_leaves_nothing(impl, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_bytes(b"old")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    fd = _dir(tmp_path)
+    try:
+        results = impl.link_new_files(fd, [(b"taken", b"new", 1), (b"dangling", b"new", 1), (b"free", b"new", 1)])
+    finally:
+        os.close(fd)
+    assert results[:2] == [0, 0] and results[2] > 0
+    assert (tmp_path / "taken").read_bytes() == b"old"
+    assert not (tmp_path / "nowhere").exists()  # the symlink was not followed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "free", "taken"]
+
+
+def test_link_new_files_stops_at_the_first_failure(impl, tmp_path: Path) -> None:
+    fd = _dir(tmp_path)
+    try:
+        results = impl.link_new_files(fd, [(b"one", b"1", 1), (b"no/such/dir", b"2", 1), (b"three", b"3", 1)])
+        assert impl.link_new_files(fd, []) == []
+    finally:
+        os.close(fd)
+    assert results[0] > 0 and results[1] == -errno.ENOENT and len(results) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
+    assert impl.link_new_files(-1, [(b"x", b"", 1)]) == [-errno.EBADF]
