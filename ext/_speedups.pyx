@@ -252,6 +252,10 @@ cdef class Buffer:
         self._splitter = LineSplitter(self._splitter.max_line)
         self._splitter.feed(data)
 
+    def poll_line(self):
+        """The next line if it is already received, else None; never touches the socket."""
+        return self._splitter._next()
+
     def read_line(self):
         """The next line as bytes, without its `\\n`."""
         cdef LineSplitter splitter = self._splitter

@@ -168,6 +168,13 @@ class Buffer:
         self._splitter = LineSplitter(max_line)
         self._splitter.feed(data)
 
+    def poll_line(self) -> bytes | None:
+        """The next line if it is already received, else None; never touches the
+        socket (a server answering pipelined requests sends its replies together
+        when the client has asked for nothing more yet). Raises `ProtocolError`
+        for a line over `max_line`."""
+        return self._splitter.next_line()
+
     def read_line(self) -> bytes:
         """The next line as bytes, without its `\\n`."""
         splitter = self._splitter

@@ -26,6 +26,7 @@ from .transfer import Buffer, upload
 from .watchdog import Watchdog
 
 __all__ = [
+    "HELD_REPLY_BYTES",
     "MAX_QUEUED",
     "MAX_REQUEST_BYTES",
     "REQUEST_TIMEOUT_S",
@@ -39,6 +40,7 @@ REQUEST_TIMEOUT_S = 10.0  # from accept to a complete request line
 MAX_REQUEST_BYTES = 4096  # one request line: a name is at most 255 bytes
 WORKERS = 32  # requests served at once
 MAX_QUEUED = 1024  # accepted requests waiting for a worker; past it, `Error: busy`
+HELD_REPLY_BYTES = 256 * 1024  # small replies to pipelined requests are sent together, up to this much
 
 
 def refuse(conn: socket.socket, reason: str) -> None:
@@ -122,31 +124,43 @@ class FileServer:
         with contextlib.suppress(OSError):  # replies go out whole; no waiting on Nagle
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
+        held = _HeldReplies(conn, self.watchdog)
         with self._lock:
             self._active.add(conn)
         try:
-            while not self._stopping.is_set() and self._answer(conn, reader, who):
+            while not self._stopping.is_set() and self._answer(conn, reader, held, who):
                 pass
+            held.send()  # what was answered before the client hung up or erred is still its due
+        except (P2PSyncError, OSError) as exc:
+            log.debug("peer %s: replies not delivered: %s", who, exc)
         finally:
             with self._lock:
                 self._active.discard(conn)
             conn.close()
 
-    def _answer(self, conn: socket.socket, reader: Buffer, who: str) -> bool:
+    def _answer(self, conn: socket.socket, reader: Buffer, held: _HeldReplies, who: str) -> bool:
         """Answer one request; whether the client asked to send another."""
         fd = -1
         try:
-            conn.settimeout(REQUEST_TIMEOUT_S)
-            with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
-                line = reader.read_line()
+            line = reader.poll_line()  # pipelined: the next request may be here already
+            if line is None:
+                held.send()  # the client has asked for nothing more yet: give it what it asked for
+                conn.settimeout(REQUEST_TIMEOUT_S)
+                with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
+                    line = reader.read_line()
             request = decode_request(line)
             fd, st = self.folder.open_for_serving(request.name)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
-            conn.settimeout(transfer.BASE_TRANSFER_S)
-            with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
-                sent = upload(conn, fd, st, request.offset)
-            log.debug("served %s (%d bytes from %d) to %s", request.name, sent, request.offset, who)
+            reply = transfer.small_reply(fd, st, request.offset) if request.keep_open else None
+            if reply is not None:
+                held.add(reply)  # sent with the replies to the requests that follow it
+            else:
+                held.send()
+                conn.settimeout(transfer.BASE_TRANSFER_S)
+                with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
+                    upload(conn, fd, st, request.offset)
+            log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
         except ConnectionClosed:
             log.debug("peer %s: closed the connection", who)
@@ -154,18 +168,57 @@ class FileServer:
             log.warning("peer %s: no request within %g s; closing", who, REQUEST_TIMEOUT_S)
         except FileNotFoundError:
             log.info("peer %s: asked for a file this peer does not have; refusing", who)
-            refuse(conn, "no such file")
+            held.refuse("no such file")
         except (UnsafeName, ProtocolError) as exc:
             log.warning("peer %s: %s; refusing", who, exc)
-            refuse(conn, str(exc))
+            held.refuse(str(exc))
         except TransferError as exc:
             log.warning("peer %s: transfer aborted: %s", who, exc)
         except P2PSyncError as exc:
             log.warning("peer %s: %s; closing", who, exc)
         except OSError as exc:
             log.warning("peer %s: %s; closing", who, exc)
-            refuse(conn, "cannot read that file")
+            held.refuse("cannot read that file")
         finally:
             if fd >= 0:
                 os.close(fd)
         return False
+
+
+class _HeldReplies:
+    """Whole small replies to pipelined requests, held until the client has asked
+    for nothing more (or enough is held), then sent in one piece: one system
+    call and one deadline for a batch of files instead of one each. Replies
+    always leave in the order they were asked for."""
+
+    def __init__(self, conn: socket.socket, watchdog: Watchdog) -> None:
+        self.conn = conn
+        self.watchdog = watchdog
+        self._replies: list[bytes] = []
+        self._bytes = 0
+
+    def add(self, reply: bytes) -> None:
+        self._replies.append(reply)
+        self._bytes += len(reply)
+        if self._bytes >= HELD_REPLY_BYTES:
+            self.send()
+
+    def send(self) -> None:
+        """Send what is held. Raises `TransferError` if the client does not take it."""
+        if not self._replies:
+            return
+        data = b"".join(self._replies)
+        self._replies.clear()
+        self._bytes = 0
+        self.conn.settimeout(transfer.BASE_TRANSFER_S)
+        with self.watchdog.limit(self.conn, transfer.transfer_deadline(len(data)), "the upload"):
+            try:
+                self.conn.sendall(data)
+            except OSError as exc:
+                raise TransferError(f"send failed: {exc.strerror or exc}") from None
+
+    def refuse(self, reason: str) -> None:
+        """Send what is held, then refuse the request after it, and close."""
+        with contextlib.suppress(P2PSyncError, OSError):
+            self.send()
+        refuse(self.conn, reason)

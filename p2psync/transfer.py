@@ -27,6 +27,7 @@ __all__ = [
     "recv_to_file",
     "send_from_file",
     "request",
+    "small_reply",
     "transfer_deadline",
     "upload",
 ]
@@ -93,13 +94,9 @@ def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) ->
     `TransferError` then, or if the socket fails.
     """
     size = st.st_size
-    if not 0 <= offset <= size:
-        raise TransferError(f"offset {offset} is outside the {size}-byte file")
-    if size - offset <= SMALL_FILE_BYTES:
-        # One read and one send: header and body leave in the same segment.
-        data = os.pread(fd, size - offset, offset)
-        _check_unchanged(fd, st, len(data) == size - offset, 0)
-        _sendall(sock, encode_header(size - offset) + data)
+    reply = small_reply(fd, st, offset)
+    if reply is not None:  # header and body leave in the same segment
+        _sendall(sock, reply)
         return size - offset
     _sendall(sock, encode_header(size - offset))
     position = offset
@@ -110,6 +107,21 @@ def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) ->
         if position < size:
             _check_unchanged(fd, st, True, position - offset)
     return size - offset
+
+
+def small_reply(fd: int, st: os.stat_result, offset: int = 0) -> bytes | None:
+    """The whole reply to a request for a small file (up to `SMALL_FILE_BYTES`
+    from `offset`), header and body, read in one piece and checked unchanged
+    against `st`; None for a larger file, which `upload` sends in chunks.
+    Raises `TransferError` for an offset outside the file or a file that changed."""
+    size = st.st_size
+    if not 0 <= offset <= size:
+        raise TransferError(f"offset {offset} is outside the {size}-byte file")
+    if size - offset > SMALL_FILE_BYTES:
+        return None
+    data = os.pread(fd, size - offset, offset)
+    _check_unchanged(fd, st, len(data) == size - offset, 0)
+    return encode_header(size - offset) + data
 
 
 def _check_unchanged(fd: int, st: os.stat_result, complete: bool, sent: int) -> None:

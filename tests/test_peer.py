@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 
@@ -409,6 +410,38 @@ def test_several_requests_on_one_kept_connection(serving, tmp_path: Path) -> Non
         while chunk := sock.recv(10):
             rest += chunk
         assert (header, rest) == (b"Content-Length: 4", b"fine")
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_pipelined_requests_get_their_replies_in_order(serving) -> None:
+    """Requests sent back to back: small replies are held and sent together, but
+    in order, before a large reply and before a refusal, which ends the exchange."""
+    folder = Path(serving.folder.root)
+    big = os.urandom(3 * 1024 * 1024)
+    (folder / "big.bin").write_bytes(big)
+    fine, large = (hashlib.sha256(d).hexdigest().encode() for d in (b"fine", big))
+    ask = b"ok.txt\x000\x00" + fine + b"\x00keep-open\n"
+    requests = ask * 3 + b"big.bin\x000\x00" + large + b"\x00keep-open\n" + ask + b"missing.txt\n" + ask
+    with socket.create_connection((LOOPBACK, serving.port), timeout=10) as sock:
+        sock.sendall(requests)
+        got = _recv_all(sock)
+    small = b"Content-Length: 4\nfine"
+    expected = small * 3 + b"Content-Length: %d\n" % len(big) + big + small + b"Error: no such file\n"
+    assert got == expected  # and nothing for the request after the refusal
+
+
+def test_a_client_that_hangs_up_mid_pipeline_does_not_stop_the_server(serving) -> None:
+    digest = hashlib.sha256(b"fine").hexdigest().encode()
+    with socket.create_connection((LOOPBACK, serving.port), timeout=10) as sock:
+        sock.sendall((b"ok.txt\x000\x00" + digest + b"\x00keep-open\n") * 500)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, unread replies and all
+    assert request(serving.port, b"ok.txt\n") == (b"Content-Length: 4", b"fine")
 
 
 def test_a_round_fetches_many_files_in_parallel(tmp_path: Path, start_tracker, make_peer) -> None:
