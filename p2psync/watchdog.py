@@ -22,6 +22,8 @@ from types import TracebackType
 
 from .errors import P2PSyncError, TransferError
 
+_COMPACT_SLACK = 1024  # ended deadlines tolerated in the heap beyond twice the live ones
+
 __all__ = ["Deadline", "Watchdog"]
 
 
@@ -46,8 +48,7 @@ class Deadline:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        with self._watchdog._wakeup:  # its heap entry is skipped when it comes up
-            self._watchdog._live.discard(self)
+        self._watchdog._remove(self)
         if self.expired and isinstance(exc, P2PSyncError | OSError):
             raise TransferError(f"{self.what} took longer than {self.seconds:g} s") from exc
 
@@ -79,6 +80,15 @@ class Watchdog:
             self._live.add(deadline)
             if earliest:  # otherwise the thread already wakes up in time
                 self._wakeup.notify()
+
+    def _remove(self, deadline: Deadline) -> None:
+        with self._wakeup:  # its heap entry is skipped when it comes up ...
+            self._live.discard(deadline)
+            # ... unless ended entries pile up (thousands a second on a busy
+            # server, each waiting out its minute): then the heap is rebuilt.
+            if len(self._heap) > 2 * len(self._live) + _COMPACT_SLACK:
+                self._heap = [item for item in self._heap if item[2] in self._live]
+                heapq.heapify(self._heap)
 
     def close(self) -> None:
         with self._wakeup:
