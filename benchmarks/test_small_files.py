@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,25 @@ FILE_BYTES = 4096
 ROUNDS = 5
 
 
+@pytest.fixture(scope="module", params=["disk", "tmpfs"])
+def place(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where both trees live: the usual temp folder (a disk), or RAM (/dev/shm), where
+    no disk noise hides what the two programs themselves cost."""
+    if request.param == "disk":
+        yield tmp_path_factory.mktemp("small")
+        return
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm (tmpfs) here")
+    base = Path(tempfile.mkdtemp(prefix="p2psync-bench-", dir="/dev/shm"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # RAM: give it back
+
+
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    src = tmp_path_factory.mktemp("small") / "src"
+def tree(place: Path) -> Iterator[Path]:
+    src = place / "src"
     src.mkdir()
     for i in range(FILES):
         (src / f"file-{i:05}.dat").write_bytes(os.urandom(FILE_BYTES))
@@ -108,21 +125,20 @@ def _rsync_round(port: int, dest: Path) -> float:
     return time.perf_counter() - began
 
 
-def test_10000_small_files(
-    benchmark, tree: Path, p2psync_holder: int, rsync_daemon: int, tmp_path: Path, capsys
-) -> None:
+def test_10000_small_files(benchmark, place: Path, p2psync_holder: int, rsync_daemon: int, capsys) -> None:
     times: dict[str, list[float]] = {"p2psync": [], "rsync": []}
 
     def run_rounds() -> None:
         for r in range(ROUNDS):
             order = ["p2psync", "rsync"] if r % 2 == 0 else ["rsync", "p2psync"]
             for name in order:
-                dest = tmp_path / f"{name}-{r}"
+                dest = place / f"{name}-{r}"
                 took = _p2psync_round(p2psync_holder, dest) if name == "p2psync" else _rsync_round(rsync_daemon, dest)
                 assert len(os.listdir(dest)) == FILES, name
                 times[name].append(took)
 
-    benchmark.group = f"{FILES} x {FILE_BYTES // 1024} KiB files into an empty folder"
+    where = "tmpfs" if str(place).startswith("/dev/shm") else "disk"
+    benchmark.group = f"{FILES} x {FILE_BYTES // 1024} KiB files into an empty folder ({where})"
     benchmark.pedantic(run_rounds, rounds=1, iterations=1)
     ratio = statistics.median(r / p for p, r in zip(times["p2psync"], times["rsync"], strict=True))
     for name, values in times.items():
@@ -130,7 +146,7 @@ def test_10000_small_files(
     benchmark.extra_info["rsync time / p2psync time"] = round(ratio, 2)
     with capsys.disabled():
         print(
-            f"\n{FILES} x {FILE_BYTES} B, {ROUNDS} interleaved rounds: p2psync median "
+            f"\n{FILES} x {FILE_BYTES} B on {where}, {ROUNDS} interleaved rounds: p2psync median "
             f"{statistics.median(times['p2psync']):.2f} s, "
             f"rsync daemon pull {statistics.median(times['rsync']):.2f} s; "
             f"p2psync is {ratio:.2f}x rsync's speed (median of per-round ratios)"
