@@ -1,4 +1,4 @@
-"""One timed receive in a fresh process, for benchmarks; prints `seconds extra_rss_mib`.
+"""One timed receive in a fresh process, for benchmarks; prints `seconds extra_rss_mib backend`.
 
     receive.py p2psync DEST_DIR NAME PORT MTIME SIZE SHA256|-   the real syncfile path
     receive.py raw DEST_FILE PORT                               recv_into + write, 1 MiB buffer
@@ -73,5 +73,9 @@ def raw(dest: str, port: str) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    seconds, before = p2psync(*sys.argv[2:]) if sys.argv[1] == "p2psync" else raw(*sys.argv[2:])
-    print(f"{seconds:.6f} {_peak_mib() - before:.1f}")
+    if sys.argv[1] == "p2psync":
+        seconds, before = p2psync(*sys.argv[2:])
+        from p2psync.transfer import BACKEND as backend
+    else:
+        (seconds, before), backend = raw(*sys.argv[2:]), "-"
+    print(f"{seconds:.6f} {_peak_mib() - before:.1f} {backend}")

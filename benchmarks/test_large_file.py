@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from bench_support import MiB, free_port, listening, sendfile_server, wait_until, write_source
 
+from p2psync.transfer import BACKEND
+
 HERE = Path(__file__).parent
 SIZES = [pytest.param(256 * MiB, id="256MiB"), pytest.param(1024 * MiB, id="1GiB", marks=pytest.mark.big)]
 ROUNDS = 5
@@ -98,10 +100,15 @@ def _receive(how: str, ports: dict, source: tuple, dest: Path) -> tuple[float, f
             str(ports["p2psync"]),
             mtime,
             str(size),
-            digest if how == "p2psync" else "-",
+            "-" if how == "p2psync-classic" else digest,
         ]
-    out = subprocess.run([sys.executable, str(HERE / "receive.py"), *args], check=True, capture_output=True, text=True)
-    seconds, rss = out.stdout.split()
+    env = dict(os.environ, P2PSYNC_NO_EXTENSIONS="1" if how == "p2psync-twin" else "0")
+    out = subprocess.run(
+        [sys.executable, str(HERE / "receive.py"), *args], check=True, capture_output=True, text=True, env=env
+    )
+    seconds, rss, backend = out.stdout.split()
+    # Each receiver must really run on the backend it is named for.
+    assert backend == ("python" if how == "p2psync-twin" else BACKEND if how.startswith("p2psync") else "-"), how
     return float(seconds), float(rss)
 
 
