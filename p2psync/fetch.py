@@ -37,7 +37,8 @@ HEADER_TIMEOUT_S = 30.0  # from the request to the Content-Length line
 RECV_TIMEOUT_S = 60.0  # one receive that gets nothing for this long ends the transfer
 PARALLEL_FETCHES = 2  # pipelines at once; measured: 2 beat 1 and 4 (more only contend for the folder)
 PIPELINE_DEPTH = 64  # requests in flight on one kept-open connection ...
-PIPELINE_BATCH = 32  # ... sent in batches of this many
+PIPELINE_BATCH = 32  # ... sent in batches of this many files ...
+PIPELINE_BATCH_BYTES = 4 << 20  # ... and at most this many bytes (a batch is received into memory)
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
 
 
@@ -205,7 +206,7 @@ class Fetcher:
                 reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)  # one reader: replies arrive back to back
                 while True:
                     while len(batches) < PIPELINE_DEPTH // PIPELINE_BATCH and todo:
-                        batch = [todo.popleft() for _ in range(min(PIPELINE_BATCH, len(todo)))]
+                        batch = self._next_batch(todo)
                         batches.append(batch)  # before sending: on failure it is given back
                         sock.sendall(b"".join(encode_request(n, 0, e.sha256, keep_open=True) for n, e in batch))
                     if not batches:
@@ -228,6 +229,17 @@ class Fetcher:
             for batch in batches:
                 give_back.extend(batch)
         return installed
+
+    @staticmethod
+    def _next_batch(todo: collections.deque[tuple[str, DirectoryEntry]]) -> list[tuple[str, DirectoryEntry]]:
+        """Up to `PIPELINE_BATCH` files from `todo`, and at most `PIPELINE_BATCH_BYTES`
+        of them unless the first alone is more: a batch is held in memory until installed."""
+        batch = [todo.popleft()]
+        held = batch[0][1].size or 0
+        while todo and len(batch) < PIPELINE_BATCH and held + (todo[0][1].size or 0) <= PIPELINE_BATCH_BYTES:
+            held += todo[0][1].size or 0
+            batch.append(todo.popleft())
+        return batch
 
     def _receive_batch(
         self, sock: socket.socket, reader: Buffer, batch: list[tuple[str, DirectoryEntry]], holder: tuple[str, int]

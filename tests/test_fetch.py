@@ -3,12 +3,13 @@ hand-made holders that misbehave on purpose. Both backends."""
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
 import pytest
 
-from p2psync.fetch import PIPELINE_BATCH, Fetcher
+from p2psync.fetch import PIPELINE_BATCH, PIPELINE_BATCH_BYTES, Fetcher
 from p2psync.files import Folder
 from p2psync.protocol import DirectoryEntry
 from p2psync.watchdog import Watchdog
@@ -113,3 +114,17 @@ def test_files_over_the_size_limit_are_refused_not_pipelined(tmp_path: Path) -> 
         holder.close()
     assert _installed(tmp_path / "dst") == {"small.bin": b"s" * 100, "other.bin": b"o" * 100}
     assert b"big.bin" in holder.requests  # asked alone, refused on its Content-Length
+
+
+def test_pipeline_batches_are_bounded_in_bytes(fetcher: Fetcher, tmp_path: Path) -> None:
+    """Files near the 1 MiB pipelining limit: fewer per batch, all installed."""
+    files = {f"big{i}.bin": os.urandom(900_000 + i) for i in range(12)}
+    holder = PipelineHolder(_reply(files))
+    wanted = [(name, _entry(data, holder.port)) for name, data in files.items()]
+    todo = collections.deque(wanted)
+    sizes = [sum(len(files[n]) for n, _ in Fetcher._next_batch(todo)) for _ in range(3)]
+    assert all(size <= PIPELINE_BATCH_BYTES for size in sizes)
+    assert fetcher.fetch_all(wanted, workers=1) == len(files)
+    holder.close()
+    assert _installed(tmp_path / "dst") == files
+    assert holder.connections == 1
