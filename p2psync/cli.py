@@ -17,6 +17,7 @@ from .directory import is_loopback
 from .peer import FileSynchronizer, bind_first_free
 from .tracker import Tracker
 from .transfer import BACKEND
+from .watching import WatchingUnavailable, require_watching
 
 __all__ = ["DEFAULT_TRACKER_PORT", "classic_peer_main", "classic_tracker_main", "main"]
 
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--interval", type=float, default=5.0, help="seconds between sync rounds (default: 5)")
     sync.add_argument(
+        "--watch",
+        action="store_true",
+        help="watch the folder (needs: pip install 'p2psync[watch]'): report a change at once, "
+        "and skip the rescan in rounds where nothing changed",
+    )
+    sync.add_argument(
         "--max-file-size",
         type=_size,
         metavar="SIZE",
@@ -141,6 +148,8 @@ def _run_tracker(args: argparse.Namespace) -> int:
 
 
 def _run_sync(args: argparse.Namespace) -> int:
+    if args.watch:
+        require_watching()  # before anything starts
     folder = os.path.abspath(os.path.expanduser(args.dir))
     os.makedirs(folder, exist_ok=True)
     os.chdir(folder)  # FileSynchronizer serves the working directory, as the classic one does
@@ -160,6 +169,7 @@ def _run_sync(args: argparse.Namespace) -> int:
             interval=args.interval,
             first_delay=min(2.0, args.interval),
             max_file_size=args.max_file_size,
+            watch=args.watch,
         )
 
     peer = build(args.port) if args.port is not None else bind_first_free(build, FIRST_PEER_PORT)
@@ -224,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a port in use, a folder we cannot enter: one line, no traceback
         log.error("%s", exc)
         return 1
+    except WatchingUnavailable as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from .protocol import (
 from .server import FileServer
 from .transfer import Buffer
 from .watchdog import Watchdog
+from .watching import FolderWatcher
 
 __all__ = [
     "Buffer",
@@ -57,6 +58,8 @@ FIRST_SYNC_DELAY_S = 2.0  # the classic first round, after start()
 TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
 MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is down
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
+CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of changes makes one round
+FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
 
 
 # ------------------------------------------------------------------ classic helpers
@@ -128,6 +131,7 @@ class FileSynchronizer(threading.Thread):
         first_delay: float = FIRST_SYNC_DELAY_S,
         max_backoff: float = MAX_BACKOFF_S,
         max_file_size: int | None = None,
+        watch: bool = False,
     ) -> None:
         super().__init__(name=f"p2psync-peer-{port}", daemon=True)
         self.trackerhost = trackerhost
@@ -151,6 +155,11 @@ class FileSynchronizer(threading.Thread):
         self.client = self._new_client()
         self._reader: Buffer | None = None
         self._local = self.folder.scan()
+        self._last_scan = time.monotonic()
+        self._rescan = threading.Event()  # the folder may differ from the last scan
+        self._wake = threading.Event()  # run a round now (a watched change, or exit)
+        # With `watch`, a round with no change skips the rescan, and a change starts a round.
+        self._watcher = FolderWatcher(self.folder.root, self._on_folder_change) if watch else None
         self._reported: tuple[FileInfo, ...] | None = None  # what the tracker has from us
         self._files_in_msg = self._infos(self._local)
         self._infos_generation = self.folder.generation
@@ -166,24 +175,46 @@ class FileSynchronizer(threading.Thread):
     # ------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
-        """Serve file requests, connect to the tracker, sync every `interval` seconds."""
+        """Serve file requests, connect to the tracker, sync every `interval` seconds
+        (and, when watching, as soon as the folder changes)."""
         self._file_server.start(self.name)
+        if self._watcher is not None:
+            self._watcher.start()
+            self._rescan.set()  # what changed before the watcher started
         try:
             self._connect()
         except OSError as exc:
             self.fatal_tracker("Failed connecting to the tracker", exc)
         delay = self.first_delay
-        while not self._stopping.wait(delay):
+        while not self._wait_for_round(delay):
             try:
                 self.sync()
             except Exception:  # a bug, not a peer's fault: keep the peer alive
                 log.exception("sync round failed")
             delay = self._backoff or self.interval
 
+    def _wait_for_round(self, delay: float) -> bool:
+        """Wait `delay` seconds, or until a watched change (then a moment more, so a
+        burst of changes makes one round); whether the peer is stopping. While the
+        tracker is failing, changes do not cut the backoff short."""
+        if self._backoff:
+            return self._stopping.wait(delay)
+        if self._wake.wait(delay) and not self._stopping.is_set():
+            self._stopping.wait(CHANGE_SETTLE_S)
+        self._wake.clear()
+        return self._stopping.is_set()
+
+    def _on_folder_change(self) -> None:
+        self._rescan.set()
+        self._wake.set()
+
     def exit(self) -> None:
         """Stop every thread and close every socket; returns within a second."""
         deadline = time.monotonic() + 0.9
         self._stopping.set()
+        self._wake.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         self._file_server.stop()
         for sock in (self.server, self.client):
             with contextlib.suppress(OSError):
@@ -278,12 +309,26 @@ class FileSynchronizer(threading.Thread):
 
     def _set_next_message(self) -> None:
         """Init when the folder differs from what the tracker has, else KeepAlive."""
-        self._local = self.folder.scan()
+        if self._needs_scan():
+            self._rescan.clear()  # before the scan: a change during it sets it again
+            self._local = self.folder.scan()
+            self._last_scan = time.monotonic()
         if self.folder.generation != self._infos_generation:  # rebuild the list only after a change
             self._files_in_msg = self._infos(self._local)
             self._infos_generation = self.folder.generation
         files = self._files_in_msg
         self.msg = encode_keepalive(self.port) if files == self._reported else encode_init(self.port, files)
+
+    def _needs_scan(self) -> bool:
+        """Without a (live) watcher every round rescans; with one, only after a
+        change, and at least every `FULL_SCAN_INTERVAL_S` in case one was missed."""
+        watcher = self._watcher
+        return (
+            watcher is None
+            or not watcher.alive
+            or self._rescan.is_set()
+            or time.monotonic() - self._last_scan >= FULL_SCAN_INTERVAL_S
+        )
 
     # ------------------------------------------------------------ fetching
 
@@ -304,11 +349,14 @@ class FileSynchronizer(threading.Thread):
                 continue
             if local is not None and entry.sha256 == local.sha256 and entry.size == local.size:
                 self.folder.set_mtime(name, entry.mtime)  # same bytes, newer stamp: no transfer
+                self._rescan.set()
                 continue
             if entry.sha256 is not None:
                 wanted.add(entry.sha256)
             todo.append((name, entry))
-        self._fetcher.fetch_all(todo)
+        if todo:
+            self._fetcher.fetch_all(todo)
+            self._rescan.set()  # this round wrote to the folder (its own events may still be on the way)
         self.folder.prune_partials(wanted)
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -327,6 +375,7 @@ class FileSynchronizer(threading.Thread):
         except ProtocolError as exc:
             log.warning("%s: bad holder description %r: %s", filename, info, exc)
             return False
+        self._rescan.set()  # whatever happened, the next report looks at the folder again
         return self._fetcher.fetch(filename, entry)
 
     # ------------------------------------------------------------ serving
