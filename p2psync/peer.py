@@ -38,7 +38,7 @@ from .protocol import (
 from .server import FileServer
 from .transfer import Buffer
 from .watchdog import Watchdog
-from .watching import FolderWatcher
+from .watching import FolderWatcher, require_watching
 
 __all__ = [
     "Buffer",
@@ -134,6 +134,8 @@ class FileSynchronizer(threading.Thread):
         watch: bool = False,
     ) -> None:
         super().__init__(name=f"p2psync-peer-{port}", daemon=True)
+        if watch:
+            require_watching()  # before anything is opened or bound
         self.trackerhost = trackerhost
         self.trackerport = trackerport
         self.host = host
@@ -179,7 +181,11 @@ class FileSynchronizer(threading.Thread):
         (and, when watching, as soon as the folder changes)."""
         self._file_server.start(self.name)
         if self._watcher is not None:
-            self._watcher.start()
+            try:
+                self._watcher.start()
+            except Exception as exc:  # e.g. out of inotify watches: poll as a classic peer does
+                log.warning("cannot watch %s (%s); rescanning every round instead", self.folder.root, exc)
+                self._watcher = None
             self._rescan.set()  # what changed before the watcher started
         try:
             self._connect()

@@ -82,3 +82,20 @@ def test_watch_without_the_extra_is_a_clear_error(
         assert cli.main(["sync", str(tmp_path / "never"), "--watch", "-q"]) == 2
     assert "p2psync[watch]" in caplog.text
     assert not (tmp_path / "never").exists()  # nothing was started or created
+
+
+def test_a_watcher_that_cannot_start_leaves_a_polling_peer(
+    tmp_path: Path, start_tracker, make_peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = start_tracker()
+    peer = make_peer(tmp_path, tracker.port, interval=0.05, first_delay=0.05, watch=True)
+
+    def no_watches() -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+    peer._watcher.start = no_watches
+    peer.start()
+    (tmp_path / "late.txt").write_text("found by a rescan")
+    wait_until(lambda: "late.txt" in tracker.directory.entries(), 10, "a polling round to report the file")
+    assert peer.is_alive()
+    assert "rescanning every round instead" in caplog.text
