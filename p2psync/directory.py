@@ -44,6 +44,7 @@ class Directory:
         self._chosen: dict[str, _Chosen] = {}
         self._entries: dict[str, DirectoryEntry] = {}
         self._encoded: dict[str | None, bytes] = {}  # by loopback alias, see encoded()
+        self.generation = 0  # goes up whenever an entry changes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,6 +94,7 @@ class Directory:
                     self._entries[name] = entry
         if changed:
             self._encoded.clear()
+            self.generation += 1
         return changed
 
     def _choose(self, name: str) -> DirectoryEntry | None:

@@ -60,6 +60,8 @@ MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is do
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
 CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of changes makes one round
 FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
+POLL_WAIT_S = 25.0  # a watching peer's KeepAlive lets the tracker hold the reply until a change, this long
+POLL_HELD_S = 1.0  # a reply slower than this shows the tracker holds long polls (classic ones never do)
 
 
 # ------------------------------------------------------------------ classic helpers
@@ -162,6 +164,12 @@ class FileSynchronizer(threading.Thread):
         self._wake = threading.Event()  # run a round now (a watched change, or exit)
         # With `watch`, a round with no change skips the rescan, and a change starts a round.
         self._watcher = FolderWatcher(self.folder.root, self._on_folder_change) if watch else None
+        self._send_lock = threading.Lock()  # the round and a watched change both send to the tracker
+        self._owed = 0  # replies the tracker owes on this connection
+        self._polling = False  # a long poll is out: a watched change cuts it short
+        self._msg_waits = False  # `msg` is a long poll
+        self._tracker_holds: bool | None = None  # whether this tracker holds long polls (None: not known yet)
+        self._last_line = b""  # the last directory line, to tell a classic tracker's instant replies
         self._reported: tuple[FileInfo, ...] | None = None  # what the tracker has from us
         self._files_in_msg = self._infos(self._local)
         self._infos_generation = self.folder.generation
@@ -197,7 +205,10 @@ class FileSynchronizer(threading.Thread):
                 self.sync()
             except Exception:  # a bug, not a peer's fault: keep the peer alive
                 log.exception("sync round failed")
-            delay = self._backoff or self.interval
+            # A long poll goes out at once (the tracker itself decides when to answer),
+            # unless this tracker has shown it answers polls at once (a classic one).
+            polls = self._msg_waits and self._tracker_holds is not False
+            delay = self._backoff or (CHANGE_SETTLE_S if polls else self.interval)
 
     def _wait_for_round(self, delay: float) -> bool:
         """Wait `delay` seconds, or until a watched change (then a moment more, so a
@@ -213,6 +224,36 @@ class FileSynchronizer(threading.Thread):
     def _on_folder_change(self) -> None:
         self._rescan.set()
         self._wake.set()
+        self._cut_poll_short()
+
+    def _cut_poll_short(self) -> None:
+        """While a long poll is out, send a plain KeepAlive: the tracker answers the
+        poll at once (then this one), the round ends, and the next reports the change."""
+        with self._send_lock:
+            if not self._polling:
+                return
+            self._polling = False
+            with contextlib.suppress(OSError):
+                self.client.sendall(encode_keepalive(self.port))
+                self._owed += 1
+
+    def _send(self, message: bytes, poll: bool) -> None:
+        with self._send_lock:
+            self.client.sendall(message)
+            self._owed += 1
+            self._polling = poll  # only once it is out: a cut must come after it
+
+    def _read_reply(self, reader: Buffer) -> bytes:
+        """The reply to the last message sent; replies owed for earlier ones (a long
+        poll cut short) are read and dropped."""
+        while True:
+            line = reader.read_line()
+            with self._send_lock:
+                self._owed -= 1
+                if self._owed <= 0:
+                    self._owed = 0
+                    self._polling = False
+                    return line
 
     def exit(self) -> None:
         """Stop every thread and close every socket; returns within a second."""
@@ -270,6 +311,7 @@ class FileSynchronizer(threading.Thread):
         finally:
             self.client = self._new_client()
             self._reader = None
+            self._owed, self._polling, self._tracker_holds = 0, False, None  # a new connection, maybe a new tracker
             self._reported = None  # a new connection starts with a full Init
             self._set_next_message()
 
@@ -285,15 +327,23 @@ class FileSynchronizer(threading.Thread):
                 return
         if self._reader is None or self._reader.sock is not self.client:
             self._reader = Buffer(self.client, self.BUFFER_SIZE, MAX_DIRECTORY_BYTES)
+        began = time.monotonic()
         try:
-            self.client.sendall(self.msg)
-            line = self._reader.read_line()
+            self._send(self.msg, poll=self._msg_waits)
+            line = self._read_reply(self._reader)
         except TimeoutError as exc:
             self.fatal_tracker("Failed waiting for the tracker to response", exc)
             return
         except (OSError, ProtocolError) as exc:
-            self.fatal_tracker("Lost the connection to the tracker", exc)
+            if not self._stopping.is_set():  # exit() cuts a long poll short: nothing to report
+                self.fatal_tracker("Lost the connection to the tracker", exc)
             return
+        if self._msg_waits:  # held a while: a p2psync tracker; the same directory at once: a classic one
+            if time.monotonic() - began > POLL_HELD_S:
+                self._tracker_holds = True
+            elif line == self._last_line:
+                self._tracker_holds = False
+        self._last_line = line
         # The tracker now has this list: it was in the Init just sent, or a
         # KeepAlive was sent because the tracker had it already.
         self._reported = self._files_in_msg
@@ -323,7 +373,12 @@ class FileSynchronizer(threading.Thread):
             self._files_in_msg = self._infos(self._local)
             self._infos_generation = self.folder.generation
         files = self._files_in_msg
-        self.msg = encode_keepalive(self.port) if files == self._reported else encode_init(self.port, files)
+        # Watching, a KeepAlive is a long poll: a p2psync tracker answers it when the directory changes.
+        self._msg_waits = files == self._reported and self._watcher is not None and self._watcher.alive
+        if files != self._reported:
+            self.msg = encode_init(self.port, files)
+        else:
+            self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None)
 
     def _needs_scan(self) -> bool:
         """Without a (live) watcher every round rescans; with one, only after a

@@ -24,6 +24,7 @@ from .names import safe_name
 __all__ = [
     "CONTENT_LENGTH",
     "MAX_FILES_PER_MESSAGE",
+    "MAX_WAIT_S",
     "DirectoryEntry",
     "FileInfo",
     "FileRequest",
@@ -43,6 +44,7 @@ __all__ = [
 
 CONTENT_LENGTH = b"Content-Length:"
 MAX_FILES_PER_MESSAGE = 1_000_000  # a bound on what one message may make us hold
+MAX_WAIT_S = 60  # longest a tracker may hold a long-poll KeepAlive's reply (well under the 180 s liveness rule)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _SHOWN_BYTES = 100  # how much of a bad message an error message quotes
 
@@ -68,10 +70,15 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class PeerMessage:
-    """Init (`files` is a list) or KeepAlive (`files` is None) from a peer."""
+    """Init (`files` is a list) or KeepAlive (`files` is None) from a peer.
+
+    `wait` (a p2psync extension, KeepAlive only): the peer lets the tracker hold
+    the reply up to this many seconds, until the directory changes. Classic
+    trackers ignore the key and answer at once."""
 
     port: int
     files: tuple[FileInfo, ...] | None
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -170,9 +177,23 @@ def encode_init(port: int, files: Iterable[FileInfo]) -> bytes:
     return _line({"port": port, "files": [f.to_json() for f in files]})
 
 
-def encode_keepalive(port: int) -> bytes:
-    """KeepAlive: `{"port": N}`."""
-    return _line({"port": port})
+def encode_keepalive(port: int, wait: float | None = None) -> bytes:
+    """KeepAlive: `{"port": N}`; with `wait`, `{"port": N, "wait": S}`: a long poll,
+    answered when the directory changes or after S seconds (p2psync trackers)."""
+    if wait is None:
+        return _line({"port": port})
+    if not 0 < wait <= MAX_WAIT_S:
+        raise ValueError(f"wait must be in (0, {MAX_WAIT_S}] seconds, got {wait}")
+    return _line({"port": port, "wait": wait})
+
+
+def _wait(obj: Mapping[str, Any]) -> float:
+    value = obj.get("wait")
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_WAIT_S:
+        raise ProtocolError(f"peer message: 'wait' must be 0 to {MAX_WAIT_S} seconds, got {_shown(json.dumps(value))}")
+    return float(value)
 
 
 def decode_peer_message(line: bytes) -> PeerMessage:
@@ -184,7 +205,7 @@ def decode_peer_message(line: bytes) -> PeerMessage:
     obj = _load_object(line, "peer message")
     port = _port(obj, "peer message")
     if "files" not in obj or obj["files"] is None:
-        return PeerMessage(port, None)
+        return PeerMessage(port, None, _wait(obj))
     raw = obj["files"]
     if not isinstance(raw, list):
         raise ProtocolError(f"peer message: 'files' must be a list, not {type(raw).__name__}")

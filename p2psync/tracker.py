@@ -59,6 +59,8 @@ class _Connection:
     peer: PeerKey | None = None
     out: memoryview = _NOTHING  # the unsent rest of a reply: a view of the shared encoded directory
     buffered: int = 0  # bytes of an unfinished message held for it, as last counted
+    seen_generation: int = -1  # the directory generation of the last reply sent
+    held_until: float | None = None  # a long poll: its reply is owed by then, or at the next change
 
     @property
     def name(self) -> str:
@@ -103,6 +105,7 @@ class Tracker(threading.Thread):
         self.directory = Directory()
         self._connections: dict[socket.socket, _Connection] = {}
         self._owner: dict[PeerKey, _Connection] = {}  # the live connection that speaks for a peer
+        self._held: dict[_Connection, None] = {}  # long polls waiting for a change (an ordered set)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -133,7 +136,7 @@ class Tracker(threading.Thread):
         next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
         try:
             while not self._stopping.is_set():
-                for key, mask in selector.select(timeout=_SWEEP_INTERVAL_S):
+                for key, mask in selector.select(timeout=self._select_timeout()):
                     if key.data is None:
                         self._accept()
                     elif key.data == "wake":
@@ -141,6 +144,8 @@ class Tracker(threading.Thread):
                     else:
                         self._service(key.data, mask)
                 now = time.monotonic()
+                if self._held:
+                    self._answer_held(now)
                 if now >= next_sweep:
                     self._expire_silent(now)
                     next_sweep = now + _SWEEP_INTERVAL_S
@@ -183,6 +188,8 @@ class Tracker(threading.Thread):
                     self._close(conn, "closed the connection")
                     return
                 conn.splitter.feed(data)
+                if conn.held_until is not None:  # a new message ends a long poll: its reply goes first
+                    self._reply(conn)
             self._answer_lines(conn)
             self._account(conn)
         except P2PSyncError as exc:
@@ -193,15 +200,49 @@ class Tracker(threading.Thread):
     def _answer_lines(self, conn: _Connection) -> None:
         # One reply at a time: a peer that does not read its replies stops
         # being read, so its unsent output stays one directory long.
-        while not conn.out and (line := conn.splitter.next_line()) is not None:
+        while not conn.out and conn.held_until is None and (line := conn.splitter.next_line()) is not None:
             conn.last_seen = time.monotonic()
-            self._handle(conn, line)
-            conn.out = memoryview(self.directory.encoded(conn.loopback_alias))  # shared, never copied
-            self._flush(conn)
+            wait = self._handle(conn, line)
+            if wait and conn.seen_generation == self.directory.generation and not conn.splitter.pending_bytes:
+                # A long poll, and the peer has this directory already: answer at the next change.
+                conn.held_until = conn.last_seen + wait
+                self._held[conn] = None
+            else:
+                self._reply(conn)
+        self._watch_events(conn)
+
+    def _reply(self, conn: _Connection) -> None:
+        """Start sending `conn` the directory (a long poll held for it ends here)."""
+        if conn.held_until is not None:
+            conn.held_until = None
+            self._held.pop(conn, None)
+        conn.out = memoryview(self.directory.encoded(conn.loopback_alias))  # shared, never copied
+        conn.seen_generation = self.directory.generation
+        self._flush(conn)
+
+    def _watch_events(self, conn: _Connection) -> None:
+        """Wait to write while a reply is unsent, else to read."""
         if conn.sock in self._connections:
             events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
             if self._selector.get_key(conn.sock).events != events:
                 self._selector.modify(conn.sock, events, conn)
+
+    def _select_timeout(self) -> float:
+        """Until the next sweep, or sooner if a long poll is due."""
+        if not self._held:
+            return _SWEEP_INTERVAL_S
+        due = min(c.held_until or 0.0 for c in self._held) - time.monotonic()
+        return min(_SWEEP_INTERVAL_S, max(0.0, due))
+
+    def _answer_held(self, now: float) -> None:
+        """Answer the long polls whose directory changed, or whose time is up."""
+        generation = self.directory.generation
+        for conn in [c for c in self._held if c.seen_generation != generation or (c.held_until or 0.0) <= now]:
+            try:
+                self._reply(conn)
+                self._watch_events(conn)
+            except OSError as exc:
+                self._close(conn, f"connection error: {exc.strerror or exc}")
 
     def _flush(self, conn: _Connection) -> None:
         try:
@@ -210,7 +251,8 @@ class Tracker(threading.Thread):
             return
         conn.out = conn.out[sent:] if sent < len(conn.out) else _NOTHING
 
-    def _handle(self, conn: _Connection, line: bytes) -> None:
+    def _handle(self, conn: _Connection, line: bytes) -> float:
+        """Take in one peer message; how long its reply may be held (a long poll), else 0."""
         message = decode_peer_message(line)
         peer = (conn.address[0], message.port)
         if conn.peer != peer:
@@ -219,6 +261,7 @@ class Tracker(threading.Thread):
             self.directory.join(peer)
         elif self.directory.report(peer, self._safe_files(conn, message.files)):
             log.debug("directory changed: %d files after a report from %s", len(self.directory), conn.name)
+        return message.wait
 
     def _claim(self, conn: _Connection, peer: PeerKey) -> None:
         """Let `conn` speak for `peer`; an older connection of the same peer is dead."""
@@ -261,6 +304,7 @@ class Tracker(threading.Thread):
     def _close(self, conn: _Connection, reason: str, level: int = logging.DEBUG) -> None:
         if self._connections.pop(conn.sock, None) is None:
             return
+        self._held.pop(conn, None)
         self._buffered -= conn.buffered
         log.log(level, "peer %s: %s; closing", conn.name, reason)
         with contextlib.suppress(KeyError, ValueError):

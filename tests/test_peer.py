@@ -137,7 +137,12 @@ def _classic_tracker(server: socket.socket, stop: threading.Event) -> None:
         threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
 
 
-def test_our_peers_sync_through_a_classic_tracker(tmp_path: Path, make_peer) -> None:
+@pytest.mark.parametrize("watch", [False, True], ids=["polling", "watching"])
+def test_our_peers_sync_through_a_classic_tracker(tmp_path: Path, make_peer, watch: bool) -> None:
+    """Watching peers send long polls, which a classic tracker answers at once: they
+    go on with timed rounds, as polling peers do."""
+    if watch:
+        pytest.importorskip("watchdog.observers", reason="the watch extra is not installed")
     a, b = folders(tmp_path, "a", "b")
     (a / "x.txt").write_text("x" * 10_000)
     (b / "y.txt").write_text("y" * 10_000)
@@ -147,10 +152,12 @@ def test_our_peers_sync_through_a_classic_tracker(tmp_path: Path, make_peer) -> 
         tracker.start()
         try:
             for f in (a, b):
-                make_peer(f, server.getsockname()[1], **FAST).start()
+                make_peer(f, server.getsockname()[1], watch=watch, **FAST).start()
             wait_until(lambda: (a / "y.txt").exists() and (b / "x.txt").exists(), 20, "both files everywhere")
             assert (a / "y.txt").read_text() == "y" * 10_000
             assert (b / "x.txt").read_text() == "x" * 10_000
+            (a / "later.txt").write_text("after the first rounds")
+            wait_until(lambda: (b / "later.txt").exists(), 20, "a later file too")
         finally:
             stop.set()
             tracker.join(5)

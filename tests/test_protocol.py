@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from p2psync.errors import ProtocolError, TransferError, UnsafeName
 from p2psync.names import safe_name
 from p2psync.protocol import (
+    MAX_WAIT_S,
     DirectoryEntry,
     FileInfo,
     FileRequest,
@@ -227,3 +228,14 @@ def test_keep_open_request_bytes() -> None:
     assert decode_request(line[:-1]) == FileRequest("a.txt", 0, SHA, keep_open=True)
     with pytest.raises(ProtocolError, match="bad extended request"):
         decode_request(b"a.txt\x000\x00" + SHA.encode() + b"\x00keep-closed")
+
+
+def test_long_poll_keepalive_bytes() -> None:
+    assert encode_keepalive(8001) == b'{"port": 8001}\n'  # the classic bytes, unchanged
+    line = encode_keepalive(8001, wait=25)
+    assert line == b'{"port": 8001, "wait": 25}\n'
+    assert decode_peer_message(line[:-1]) == PeerMessage(8001, None, 25.0)
+    assert decode_peer_message(b'{"port": 8001}') == PeerMessage(8001, None, 0.0)
+    for bad in (0, -1, MAX_WAIT_S + 1):
+        with pytest.raises(ValueError):
+            encode_keepalive(8001, wait=bad)

@@ -175,3 +175,66 @@ def test_unfinished_messages_share_one_memory_budget(start_tracker) -> None:
         small.sendall(b"]}\n")  # the smaller one was kept and completes normally
         assert json.loads(recv_line(small)[0]) == {"a": {"ip": "127.0.0.1", "port": 8001, "mtime": 1}}
         assert "a" in ask(good, b'{"port": 8001}\n')
+
+
+# ------------------------------------------------------------------ long polls (a p2psync extension)
+
+
+def _no_reply_yet(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""  # b"" would be a close: not a reply either
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_a_long_poll_is_answered_when_the_directory_changes(start_tracker) -> None:
+    tracker = start_tracker()
+    with (
+        socket.create_connection((LOOPBACK, tracker.port), timeout=10) as watcher,
+        socket.create_connection((LOOPBACK, tracker.port), timeout=10) as other,
+    ):
+        assert ask(watcher, b'{"port": 8001, "wait": 30}\n') == {}  # a first message: answered at once
+        watcher.sendall(b'{"port": 8001, "wait": 30}\n')  # this one it has seen: held
+        assert ask(other, b'{"port": 8002}\n') == {}  # a KeepAlive changes nothing ...
+        assert _no_reply_yet(watcher)
+        ask(other, b'{"port": 8002, "files": [{"name": "new.txt", "mtime": 5}]}\n')  # ... a report does
+        line, rest = recv_line(watcher)
+        assert rest == b""
+        assert json.loads(line) == {"new.txt": {"ip": "127.0.0.1", "port": 8002, "mtime": 5}}
+
+
+def test_a_long_poll_is_answered_at_its_time(start_tracker) -> None:
+    tracker = start_tracker()
+    with socket.create_connection((LOOPBACK, tracker.port), timeout=10) as watcher:
+        ask(watcher, b'{"port": 8001, "files": []}\n')
+        began = time.monotonic()
+        assert ask(watcher, b'{"port": 8001, "wait": 0.3}\n') == {}  # nothing changes: the time runs out
+        assert time.monotonic() - began >= 0.3
+
+
+def test_a_message_behind_a_long_poll_ends_it_and_replies_stay_in_order(start_tracker) -> None:
+    tracker = start_tracker()
+    with socket.create_connection((LOOPBACK, tracker.port), timeout=10) as watcher:
+        ask(watcher, b'{"port": 8001, "files": []}\n')
+        watcher.sendall(b'{"port": 8001, "wait": 30}\n')
+        wait_until(lambda: len(tracker._held) == 1, 10, "the poll to be held")
+        watcher.sendall(b'{"port": 8001, "files": [{"name": "mine.txt", "mtime": 7}]}\n')
+        first, held = recv_line(watcher)
+        second, rest = recv_line(watcher, held)
+        assert rest == b""
+        assert json.loads(first) == {}  # the poll's answer: the directory before the report
+        assert json.loads(second) == {"mine.txt": {"ip": "127.0.0.1", "port": 8001, "mtime": 7}}
+        assert not tracker._held
+
+
+@pytest.mark.parametrize("wait", [b"-1", b"61", b'"soon"', b"true", b"NaN"])
+def test_a_bad_wait_is_a_malformed_message(start_tracker, wait: bytes) -> None:
+    tracker = start_tracker()
+    with socket.create_connection((LOOPBACK, tracker.port), timeout=10) as peer:
+        peer.sendall(b'{"port": 8001, "wait": ' + wait + b"}\n")
+        assert peer.recv(1) == b""  # dropped, as any malformed message
+    with socket.create_connection((LOOPBACK, tracker.port), timeout=10) as fine:
+        assert ask(fine, b'{"port": 8001}\n') == {}  # and the tracker goes on

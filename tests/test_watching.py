@@ -3,7 +3,11 @@ round, and a round with no change does not rescan the folder."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -12,7 +16,8 @@ import pytest
 from p2psync import cli
 from p2psync.watching import WatchingUnavailable, require_watching
 
-from .loopback import wait_until
+from .classic_peer import recv_line
+from .loopback import LOOPBACK, wait_until
 
 pytest.importorskip("watchdog.observers", reason="the watch extra (watchdog) is not installed")
 
@@ -43,20 +48,46 @@ def test_a_change_is_reported_without_waiting_for_the_round(tmp_path: Path, star
 
 
 def test_rounds_without_a_change_skip_the_rescan(tmp_path: Path, start_tracker, make_peer) -> None:
+    """Rounds that another peer brings about (its report changes the directory,
+    which ends the long poll) do not rescan the watching peer's unchanged folder;
+    a change of its own does."""
     tracker = start_tracker()
     (tmp_path / "a.txt").write_text("a")
-    peer = make_peer(tmp_path, tracker.port, interval=0.05, first_delay=0.05, watch=True)
+    a_mtime = int(os.stat(tmp_path / "a.txt").st_mtime)
+    peer = make_peer(tmp_path, tracker.port, interval=3600, first_delay=0.05, watch=True)
     scans = _counting(peer.folder, "scan")
     rounds = _counting(peer, "sync")
     peer.start()
     wait_until(lambda: "a.txt" in tracker.directory.entries(), 10, "the first round")
-    wait_until(lambda: rounds[0] >= 3, 10, "rounds after the first")
+    wait_until(lambda: peer._polling, 10, "the peer's long poll")
     scanned, done = scans[0], rounds[0]
-    wait_until(lambda: rounds[0] >= done + 10, 10, "ten more rounds")
-    assert scans[0] == scanned  # nothing changed: no rescan
+    same_version = {"name": "a.txt", "mtime": a_mtime, "size": 1, "sha256": hashlib.sha256(b"a").hexdigest()}
+    with socket.create_connection((LOOPBACK, tracker.port), timeout=10) as other:
+        for i in range(3):  # another holder of the same a.txt comes and goes: the directory changes
+            files = [same_version] if i % 2 == 0 else []
+            other.sendall(json.dumps({"port": 9, "files": files}).encode() + b"\n")
+            recv_line(other)
+            wait_until(lambda i=i: rounds[0] >= done + i + 1, 10, f"round {i + 1} brought about by the other peer")
+    assert scans[0] == scanned  # nothing changed here: no rescan
     (tmp_path / "b.txt").write_text("b")
     wait_until(lambda: "b.txt" in tracker.directory.entries(), 10, "the change to reach the tracker")
     assert scans[0] > scanned
+
+
+def test_a_change_reaches_another_watching_peer_at_once(tmp_path: Path, start_tracker, make_peer) -> None:
+    """Both peers watch and have no timed round for an hour: a file written on one
+    arrives on the other through the tracker answering the other's long poll."""
+    tracker = start_tracker()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    peers = [make_peer(folder, tracker.port, interval=3600, first_delay=0.05, watch=True) for folder in (a, b)]
+    for peer in peers:
+        peer.start()
+    wait_until(lambda: all(p._polling for p in peers), 10, "both peers' long polls")
+    (a / "news.txt").write_text("fresh")
+    wait_until(lambda: (b / "news.txt").exists(), 10, "news.txt on the other peer")
+    assert (b / "news.txt").read_text() == "fresh"
 
 
 def test_a_dead_watcher_means_a_rescan_every_round(tmp_path: Path, start_tracker, make_peer) -> None:
@@ -67,6 +98,7 @@ def test_a_dead_watcher_means_a_rescan_every_round(tmp_path: Path, start_tracker
     peer.start()
     wait_until(lambda: rounds[0] >= 2, 10, "the first rounds")
     peer._watcher.stop()
+    peer._cut_poll_short()  # as a last event would have: from here on, plain rounds
     scanned, done = scans[0], rounds[0]
     wait_until(lambda: rounds[0] >= done + 5, 10, "five more rounds")
     assert scans[0] >= scanned + 4
