@@ -167,6 +167,7 @@ class FileSynchronizer(threading.Thread):
         self._send_lock = threading.Lock()  # the round and a watched change both send to the tracker
         self._owed = 0  # replies the tracker owes on this connection
         self._polling = False  # a long poll is out: a watched change cuts it short
+        self._poll_cut = False  # the last long poll was cut short (so its quick answer says nothing)
         self._msg_waits = False  # `msg` is a long poll
         self._tracker_holds: bool | None = None  # whether this tracker holds long polls (None: not known yet)
         self._last_line = b""  # the last directory line, to tell a classic tracker's instant replies
@@ -205,10 +206,11 @@ class FileSynchronizer(threading.Thread):
                 self.sync()
             except Exception:  # a bug, not a peer's fault: keep the peer alive
                 log.exception("sync round failed")
-            # A long poll goes out at once (the tracker itself decides when to answer),
-            # unless this tracker has shown it answers polls at once (a classic one).
-            polls = self._msg_waits and self._tracker_holds is not False
-            delay = self._backoff or (CHANGE_SETTLE_S if polls else self.interval)
+            # Watching, the next message goes out at once: an Init reports what this
+            # round installed, a long poll waits at the tracker, which decides when to
+            # answer. Unless this tracker has shown it answers polls at once (a classic one).
+            watching = self._watcher is not None and self._watcher.alive and self._tracker_holds is not False
+            delay = self._backoff or (CHANGE_SETTLE_S if watching else self.interval)
 
     def _wait_for_round(self, delay: float) -> bool:
         """Wait `delay` seconds, or until a watched change (then a moment more, so a
@@ -233,6 +235,7 @@ class FileSynchronizer(threading.Thread):
             if not self._polling:
                 return
             self._polling = False
+            self._poll_cut = True
             with contextlib.suppress(OSError):
                 self.client.sendall(encode_keepalive(self.port))
                 self._owed += 1
@@ -242,6 +245,7 @@ class FileSynchronizer(threading.Thread):
             self.client.sendall(message)
             self._owed += 1
             self._polling = poll  # only once it is out: a cut must come after it
+            self._poll_cut = False
 
     def _read_reply(self, reader: Buffer) -> bytes:
         """The reply to the last message sent; replies owed for earlier ones (a long
@@ -338,7 +342,7 @@ class FileSynchronizer(threading.Thread):
             if not self._stopping.is_set():  # exit() cuts a long poll short: nothing to report
                 self.fatal_tracker("Lost the connection to the tracker", exc)
             return
-        if self._msg_waits:  # held a while: a p2psync tracker; the same directory at once: a classic one
+        if self._msg_waits and not self._poll_cut:  # held: a p2psync tracker; the same at once: a classic one
             if time.monotonic() - began > POLL_HELD_S:
                 self._tracker_holds = True
             elif line == self._last_line:

@@ -88,6 +88,10 @@ def test_a_change_reaches_another_watching_peer_at_once(tmp_path: Path, start_tr
     (a / "news.txt").write_text("fresh")
     wait_until(lambda: (b / "news.txt").exists(), 10, "news.txt on the other peer")
     assert (b / "news.txt").read_text() == "fresh"
+    # b reports what it installed at once too (an Init does not wait for a timed round) ...
+    wait_until(lambda: len(tracker.directory.entries()["news.txt"].sources) == 2, 10, "b to report news.txt")
+    (b / "reply.txt").write_text("back")  # ... and it works the other way
+    wait_until(lambda: (a / "reply.txt").exists(), 10, "reply.txt on the first peer")
 
 
 def test_a_dead_watcher_means_a_rescan_every_round(tmp_path: Path, start_tracker, make_peer) -> None:
