@@ -106,6 +106,8 @@ class Tracker(threading.Thread):
         self._connections: dict[socket.socket, _Connection] = {}
         self._owner: dict[PeerKey, _Connection] = {}  # the live connection that speaks for a peer
         self._held: dict[_Connection, None] = {}  # long polls waiting for a change (an ordered set)
+        self._held_generation = 0  # the directory generation the held polls were last checked against
+        self._next_due = float("inf")  # when the earliest held poll is due
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -144,8 +146,7 @@ class Tracker(threading.Thread):
                     else:
                         self._service(key.data, mask)
                 now = time.monotonic()
-                if self._held:
-                    self._answer_held(now)
+                self._answer_held(now)
                 if now >= next_sweep:
                     self._expire_silent(now)
                     next_sweep = now + _SWEEP_INTERVAL_S
@@ -207,6 +208,7 @@ class Tracker(threading.Thread):
                 # A long poll, and the peer has this directory already: answer at the next change.
                 conn.held_until = conn.last_seen + wait
                 self._held[conn] = None
+                self._next_due = min(self._next_due, conn.held_until)
             else:
                 self._reply(conn)
         self._watch_events(conn)
@@ -229,20 +231,23 @@ class Tracker(threading.Thread):
 
     def _select_timeout(self) -> float:
         """Until the next sweep, or sooner if a long poll is due."""
-        if not self._held:
-            return _SWEEP_INTERVAL_S
-        due = min(c.held_until or 0.0 for c in self._held) - time.monotonic()
-        return min(_SWEEP_INTERVAL_S, max(0.0, due))
+        return min(_SWEEP_INTERVAL_S, max(0.0, self._next_due - time.monotonic()))
 
     def _answer_held(self, now: float) -> None:
-        """Answer the long polls whose directory changed, or whose time is up."""
+        """Answer the long polls whose directory changed, or whose time is up. Looks
+        at them only when the directory changed or one is due: an idle loop with
+        thousands of held polls costs nothing per event."""
         generation = self.directory.generation
+        if generation == self._held_generation and now < self._next_due:
+            return
+        self._held_generation = generation
         for conn in [c for c in self._held if c.seen_generation != generation or (c.held_until or 0.0) <= now]:
             try:
                 self._reply(conn)
                 self._watch_events(conn)
             except OSError as exc:
                 self._close(conn, f"connection error: {exc.strerror or exc}")
+        self._next_due = min((c.held_until or 0.0 for c in self._held), default=float("inf"))
 
     def _flush(self, conn: _Connection) -> None:
         try:
