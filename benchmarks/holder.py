@@ -10,9 +10,9 @@ import socket
 import sys
 import threading
 
+from p2psync.deadlines import Watchdog
 from p2psync.files import Folder
 from p2psync.server import FileServer
-from p2psync.watchdog import Watchdog
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .deadlines import Watchdog
 from .errors import P2PSyncError, Refused, TransferError
 from .files import Folder, PartialFile
 from .hashing import BackgroundHasher, new_hasher
 from .protocol import DirectoryEntry, decode_reply, encode_request
 from .transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
-from .watchdog import Watchdog
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
 

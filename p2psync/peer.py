@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from .deadlines import Watchdog
 from .errors import ProtocolError, UnsafeName
 from .fetch import Fetcher
 from .files import Folder, LocalFile, get_file_info
@@ -37,7 +38,6 @@ from .protocol import (
 )
 from .server import FileServer
 from .transfer import Buffer
-from .watchdog import Watchdog
 from .watching import FolderWatcher, require_watching
 
 __all__ = [

@@ -19,11 +19,11 @@ import threading
 from typing import Any
 
 from . import transfer
+from .deadlines import Watchdog
 from .errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from .files import Folder
 from .protocol import decode_request, encode_refusal
 from .transfer import Buffer, upload
-from .watchdog import Watchdog
 
 __all__ = [
     "HELD_REPLY_BYTES",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from p2psync.deadlines import Watchdog
 from p2psync.fetch import PIPELINE_BATCH, PIPELINE_BATCH_BYTES, Fetcher
 from p2psync.files import Folder
 from p2psync.protocol import DirectoryEntry
-from p2psync.watchdog import Watchdog
 
 from .holders import PipelineHolder, sha
 from .loopback import LOOPBACK

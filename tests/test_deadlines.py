@@ -1,11 +1,11 @@
-"""The watchdog: overall deadlines that cut a socket, and bounded bookkeeping."""
+"""Deadlines (the watchdog thread): overall deadlines that cut a socket, and bounded bookkeeping."""
 
 from __future__ import annotations
 
 import pytest
 
+from p2psync.deadlines import _COMPACT_SLACK, Watchdog
 from p2psync.errors import ConnectionClosed, TransferError
-from p2psync.watchdog import _COMPACT_SLACK, Watchdog
 
 from .loopback import tcp_pair
 
