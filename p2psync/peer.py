@@ -321,7 +321,8 @@ class FileSynchronizer(threading.Thread):
 
     def sync(self) -> None:
         """One round: report to the tracker, read the directory, fetch what is newer."""
-        if not self._first_round:
+        opened = not self._first_round
+        if opened:
             self._set_next_message()  # report what changed since the last round
         if not self._client_connected():
             try:
@@ -359,7 +360,8 @@ class FileSynchronizer(threading.Thread):
             return
         self._backoff = 0.0
         self._fetch_newer(directory)
-        self._set_next_message()
+        # The scan that opened this round is still current unless the round wrote to the folder.
+        self._set_next_message(current=opened)
 
     # ------------------------------------------------------------ what to report
 
@@ -367,9 +369,11 @@ class FileSynchronizer(threading.Thread):
     def _infos(local: Mapping[str, LocalFile]) -> tuple[FileInfo, ...]:
         return tuple(f.info() for f in sorted(local.values(), key=lambda f: f.name))
 
-    def _set_next_message(self) -> None:
-        """Init when the folder differs from what the tracker has, else KeepAlive."""
-        if self._needs_scan():
+    def _set_next_message(self, current: bool = False) -> None:
+        """Init when the folder differs from what the tracker has, else KeepAlive.
+        `current`: the last scan was taken moments ago, in this round; it is
+        reused unless something wrote to the folder since."""
+        if self._needs_scan() and not (current and not self._rescan.is_set()):
             self._rescan.clear()  # before the scan: a change during it sets it again
             self._local = self.folder.scan()
             self._last_scan = time.monotonic()

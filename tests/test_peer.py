@@ -451,6 +451,35 @@ def test_a_client_that_hangs_up_mid_pipeline_does_not_stop_the_server(serving) -
     assert request(serving.port, b"ok.txt\n") == (b"Content-Length: 4", b"fine")
 
 
+def test_a_round_rescans_once_unless_it_wrote_to_the_folder(tmp_path: Path, start_tracker, make_peer) -> None:
+    """The scan that opens a round is reused to build the next message, unless
+    the round installed something, which needs a second look."""
+    tracker = start_tracker()
+    src, dst = folders(tmp_path, "src", "dst")
+    holder = make_peer(src, tracker.port, interval=3600, first_delay=3600)
+    holder.start()  # serves files; its rounds are the test's calls below
+    wait_until(holder._client_connected, 10, "the holder's own connection to the tracker")
+    receiver = make_peer(dst, tracker.port)
+    holder.sync()
+    receiver.sync()  # the first round: the constructor's scan opened it
+    scans = [0]
+    original = receiver.folder.scan
+
+    def counted():
+        scans[0] += 1
+        return original()
+
+    receiver.folder.scan = counted
+    receiver.sync()  # nothing new: one scan
+    assert scans[0] == 1
+    (src / "new.txt").write_text("new")
+    holder.sync()
+    receiver.sync()  # installs new.txt: the opening scan, and one to report it
+    assert scans[0] == 3
+    assert (dst / "new.txt").read_text() == "new"
+    assert b'"name": "new.txt"' in receiver.msg  # reported at the next round
+
+
 def test_a_round_fetches_many_files_in_parallel(tmp_path: Path, start_tracker, make_peer) -> None:
     tracker = start_tracker()
     src, dst = folders(tmp_path, "src", "dst")
