@@ -35,42 +35,26 @@ __all__ = [
 _NO_EXT = os.environ.get("P2PSYNC_NO_EXTENSIONS") == "1"  # only "1"; "0" keeps it on
 
 if TYPE_CHECKING or _NO_EXT:  # mypy reads the typed twin
-    from ._twin import (
-        MAX_LINE_BYTES,
-        RECV_BUFFER_BYTES,
-        Buffer,
-        LineSplitter,
-        link_new_files,
-        recv_to_file,
-        send_from_file,
-    )
+    from . import _twin as _core
 
     BACKEND = "python"
 else:
     try:
-        from ._speedups import (
-            MAX_LINE_BYTES,
-            RECV_BUFFER_BYTES,
-            Buffer,
-            LineSplitter,
-            link_new_files,
-            recv_to_file,
-            send_from_file,
-        )
+        from . import _speedups as _core
 
         BACKEND = "cython"
     except ImportError:  # installed without a compiler: the twin serves
-        from ._twin import (
-            MAX_LINE_BYTES,
-            RECV_BUFFER_BYTES,
-            Buffer,
-            LineSplitter,
-            link_new_files,
-            recv_to_file,
-            send_from_file,
-        )
+        from . import _twin as _core
 
         BACKEND = "python"
+
+MAX_LINE_BYTES = _core.MAX_LINE_BYTES
+RECV_BUFFER_BYTES = _core.RECV_BUFFER_BYTES
+Buffer = _core.Buffer
+LineSplitter = _core.LineSplitter
+link_new_files = _core.link_new_files
+recv_to_file = _core.recv_to_file
+send_from_file = _core.send_from_file
 
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
