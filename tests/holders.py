@@ -25,6 +25,7 @@ class Holder:
         self.listener = socket.create_server((LOOPBACK, 0))
         self.port = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
+        self.connections = 0
         self.answer = answer
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -35,39 +36,34 @@ class Holder:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            with conn:
-                try:
-                    line, _ = recv_line(conn)
-                    self.requests.append(line)
-                    self.answer(conn, line)
-                except OSError:
-                    pass
+            self.connections += 1
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        """One request per connection, answered in the accepting thread."""
+        with conn:
+            try:
+                line, _ = recv_line(conn)
+                self.requests.append(line)
+                self.answer(conn, line)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.listener.close()
 
 
-class PipelineHolder:
+class PipelineHolder(Holder):
     """A hand-made p2psync holder that keeps connections open for keep-open
-    requests. `reply(name)` gives each reply's bytes (None: hang up instead)."""
+    requests, each on its own thread. `reply(name)` gives each reply's bytes
+    (None: hang up instead)."""
 
     def __init__(self, reply) -> None:
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self.requests: list[bytes] = []
-        self.connections = 0
         self.reply = reply
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(answer=None)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer_all, args=(conn,), daemon=True).start()
+    def _handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._answer_all, args=(conn,), daemon=True).start()
 
     def _answer_all(self, conn: socket.socket) -> None:
         held = b""
@@ -84,6 +80,3 @@ class PipelineHolder:
                         return
             except OSError:
                 pass
-
-    def close(self) -> None:
-        self.listener.close()
