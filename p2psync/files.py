@@ -279,10 +279,6 @@ class Folder:
         state = self._state_dir(create=True) if resumable and sha256 is not None else None
         return PartialFile(self, name, state, sha256)
 
-    def install_bytes(self, name: str, data: bytes, mtime: int, sha256: str | None = None) -> bool:
-        """Install one small download held in memory; see `install_many`."""
-        return self.install_many([(name, data, mtime, sha256)]) == 1
-
     def install_many(self, downloads: Sequence[tuple[str, bytes, int, str | None]]) -> int:
         """Install small downloads held whole in memory, each `(name, data, mtime,
         sha256)` verified by the caller; how many were installed.

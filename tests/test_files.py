@@ -27,14 +27,19 @@ def folder(tmp_path: Path):
     made.close()
 
 
+def _install_one(folder: Folder, name: str, data: bytes, mtime: int, sha256: str | None = None) -> bool:
+    """Whether `install_many` installed this one download."""
+    return folder.install_many([(name, data, mtime, sha256)]) == 1
+
+
 def _names(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
 
 
 @STYLES
-def test_install_bytes_of_a_new_file(folder: Folder, tmp_path: Path, anonymous: bool) -> None:
+def test_installing_of_a_new_file(folder: Folder, tmp_path: Path, anonymous: bool) -> None:
     folder._anonymous_ok = anonymous
-    assert folder.install_bytes("new.txt", b"hello", 1234, sha(b"hello")) is True
+    assert _install_one(folder, "new.txt", b"hello", 1234, sha(b"hello")) is True
     assert (tmp_path / "dst" / "new.txt").read_bytes() == b"hello"
     assert os.stat(tmp_path / "dst" / "new.txt").st_mtime == 1234
     assert _names(tmp_path / "dst") == ["new.txt"]
@@ -44,34 +49,34 @@ def test_install_bytes_of_a_new_file(folder: Folder, tmp_path: Path, anonymous: 
 
 @STYLES
 @pytest.mark.parametrize(("local_mtime", "replaced"), [(1000, True), (1234, False), (2000, False)])
-def test_install_bytes_over_an_existing_file(
+def test_installing_over_an_existing_file(
     folder: Folder, tmp_path: Path, anonymous: bool, local_mtime: int, replaced: bool
 ) -> None:
     folder._anonymous_ok = anonymous
     target = tmp_path / "dst" / "f.txt"
     target.write_bytes(b"local")
     os.utime(target, (local_mtime, local_mtime))
-    assert folder.install_bytes("f.txt", b"remote", 1234) is replaced
+    assert _install_one(folder, "f.txt", b"remote", 1234) is replaced
     assert target.read_bytes() == (b"remote" if replaced else b"local")
     assert _names(tmp_path / "dst") == ["f.txt"]  # no partial left either way
 
 
 @STYLES
-def test_install_bytes_replaces_a_symlink_without_following_it(folder: Folder, tmp_path: Path, anonymous: bool) -> None:
+def test_installing_replaces_a_symlink_without_following_it(folder: Folder, tmp_path: Path, anonymous: bool) -> None:
     folder._anonymous_ok = anonymous
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"must not change")
     os.symlink(outside, tmp_path / "dst" / "f.txt")
-    assert folder.install_bytes("f.txt", b"remote", 1234) is True
+    assert _install_one(folder, "f.txt", b"remote", 1234) is True
     assert outside.read_bytes() == b"must not change"
     assert not (tmp_path / "dst" / "f.txt").is_symlink()
     assert (tmp_path / "dst" / "f.txt").read_bytes() == b"remote"
 
 
 @pytest.mark.parametrize("name", ["../escape.txt", "sub/inner.txt", "code.py", "x.part", ""])
-def test_install_bytes_refuses_names_it_may_not_write(folder: Folder, tmp_path: Path, name: str) -> None:
+def test_installing_refuses_names_it_may_not_write(folder: Folder, tmp_path: Path, name: str) -> None:
     with pytest.raises(UnsafeName):
-        folder.install_bytes(name, b"x", 1234)
+        _install_one(folder, name, b"x", 1234)
     assert _names(tmp_path / "dst") == []
     assert _names(tmp_path) == ["dst"]
 
