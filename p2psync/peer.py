@@ -373,7 +373,7 @@ class FileSynchronizer(threading.Thread):
         """Init when the folder differs from what the tracker has, else KeepAlive.
         `current`: the last scan was taken moments ago, in this round; it is
         reused unless something wrote to the folder since."""
-        if self._needs_scan() and not (current and not self._rescan.is_set()):
+        if self._needs_scan(current):
             self._rescan.clear()  # before the scan: a change during it sets it again
             self._local = self.folder.scan()
             self._last_scan = time.monotonic()
@@ -388,9 +388,12 @@ class FileSynchronizer(threading.Thread):
         else:
             self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None)
 
-    def _needs_scan(self) -> bool:
-        """Without a (live) watcher every round rescans; with one, only after a
-        change, and at least every `FULL_SCAN_INTERVAL_S` in case one was missed."""
+    def _needs_scan(self, current: bool) -> bool:
+        """Nothing wrote to the folder since a `current` scan: no. Else, without a
+        (live) watcher, yes; with one, only after a change, and at least every
+        `FULL_SCAN_INTERVAL_S` in case one was missed."""
+        if current and not self._rescan.is_set():
+            return False
         watcher = self._watcher
         return (
             watcher is None
