@@ -1,8 +1,7 @@
-"""The one place that chooses the backend, and the Content-Length transfer over a socket.
+"""The Content-Length transfer over a socket, on the core `_core` chose.
 
-Strategy: `p2psync._speedups` (Cython) is used unless `P2PSYNC_NO_EXTENSIONS=1`
-is set or it is not built; `p2psync._twin` (pure Python) has the same names and
-behaviour. Everything else imports the core from here. `request` and `upload`
+Strategy: the backend is picked once, in `_core`; this module re-exports its
+names for the modules that move bytes. `request` and `upload`
 are the two halves of the peer-to-peer exchange: the message bytes come from
 `protocol`, the copy loops from the core; no file naming or folder logic here.
 """
@@ -11,8 +10,17 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING
 
+from ._core import (
+    BACKEND,
+    MAX_LINE_BYTES,
+    RECV_BUFFER_BYTES,
+    Buffer,
+    LineSplitter,
+    link_new_files,
+    recv_to_file,
+    send_from_file,
+)
 from .errors import TransferError
 from .protocol import decode_reply, encode_header, encode_request
 
@@ -32,29 +40,6 @@ __all__ = [
     "upload",
 ]
 
-_NO_EXT = os.environ.get("P2PSYNC_NO_EXTENSIONS") == "1"  # only "1"; "0" keeps it on
-
-if TYPE_CHECKING or _NO_EXT:  # mypy reads the typed twin
-    from . import _twin as _core
-
-    BACKEND = "python"
-else:
-    try:
-        from . import _speedups as _core
-
-        BACKEND = "cython"
-    except ImportError:  # installed without a compiler: the twin serves
-        from . import _twin as _core
-
-        BACKEND = "python"
-
-MAX_LINE_BYTES = _core.MAX_LINE_BYTES
-RECV_BUFFER_BYTES = _core.RECV_BUFFER_BYTES
-Buffer = _core.Buffer
-LineSplitter = _core.LineSplitter
-link_new_files = _core.link_new_files
-recv_to_file = _core.recv_to_file
-send_from_file = _core.send_from_file
 
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
