@@ -7,6 +7,7 @@ keep serving; nothing here is fatal to a process.
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ConnectionClosed",
     "P2PSyncError",
     "ProtocolError",
@@ -40,3 +41,7 @@ class Refused(TransferError):
 
 class UnsafeName(P2PSyncError):
     """A file name that would leave the sync folder or is not allowed in it."""
+
+
+class ConfigError(P2PSyncError):
+    """A setting a user gave is wrong: a bad ignore pattern, option or value."""

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnsafeName
-from .names import PART_SUFFIX, is_ignored, safe_name
+from .ignore import STATE_DIR, IgnoreRules
+from .paths import PART_SUFFIX, safe_name
 from .protocol import FileInfo
 from .transfer import link_new_files
 
@@ -32,7 +33,6 @@ __all__ = ["STATE_DIR", "Folder", "LocalFile", "PartialFile", "get_file_info"]
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK_BYTES = 1 << 20
-STATE_DIR = ".p2psync"  # hidden, a folder: never scanned, never a servable name
 _PARTIAL_SUFFIX = ".partial"
 _RESERVE_MIN_BYTES = 1 << 20  # below this, allocating ahead costs a syscall and saves nothing
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -87,8 +87,9 @@ def _hash_fd(fd: int) -> str:
 class Folder:
     """One sync folder: what it holds, what it may serve, where downloads land."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], rules: IgnoreRules | None = None) -> None:
         self.root = os.path.realpath(root)
+        self.rules = rules or IgnoreRules.classic_rules()  # which paths sync
         self._dir_fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         # (size, mtime_ns, inode) -> sha256: an unchanged file is never re-read.
         self._hashes: dict[tuple[int, int, int], str] = {}
@@ -119,7 +120,7 @@ class Folder:
         with os.scandir(self._dir_fd) as entries:
             for entry in entries:
                 name = entry.name
-                if is_ignored(name) or not entry.is_file(follow_symlinks=False) or not self._allowed(name):
+                if not entry.is_file(follow_symlinks=False) or not self._allowed(name) or not self.rules.syncs(name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -196,9 +197,7 @@ class Folder:
         folder (unsafe, ignored, a symlink, not a regular file) and
         `FileNotFoundError` when there is no such file.
         """
-        safe_name(name)
-        if is_ignored(name):
-            raise UnsafeName(f"{name!r} is not a synced file")
+        self._check_synced(name)
         try:
             fd = self._open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
@@ -310,9 +309,13 @@ class Folder:
         return installed
 
     def _check_writable(self, name: str) -> None:
-        safe_name(name)
-        if is_ignored(name):
-            raise UnsafeName(f"{name!r} is not a synced file")
+        self._check_synced(name)
+
+    def _check_synced(self, name: str) -> None:
+        """Raise `UnsafeName` unless `name` is a path this folder syncs."""
+        why = self.rules.why_not(name)
+        if why is not None:
+            raise UnsafeName(f"{name!r} is not a synced file: {why}")
 
     def _anonymous_supported(self) -> bool:
         """Whether downloads can start as anonymous files here (`O_TMPFILE`, and

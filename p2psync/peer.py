@@ -24,10 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .deadlines import Watchdog
-from .errors import ProtocolError, UnsafeName
+from .errors import ProtocolError
 from .fetch import Fetcher
 from .files import Folder, LocalFile, get_file_info
-from .names import is_ignored, safe_name
 from .protocol import (
     DirectoryEntry,
     FileInfo,
@@ -408,13 +407,9 @@ class FileSynchronizer(threading.Thread):
         wanted: set[str] = set()  # versions still worth a kept partial download
         todo: list[tuple[str, DirectoryEntry]] = []
         for name, entry in directory.items():
-            try:
-                safe_name(name)
-            except UnsafeName as exc:
-                self._warn_once(name, f"tracker lists an unsafe name; skipping it: {exc}")
-                continue
-            if is_ignored(name):
-                self._warn_once(name, f"tracker lists {name!r}, which is never synced; skipping it")
+            why = self.folder.rules.why_not(name)
+            if why is not None:
+                self._warn_once(name, f"tracker lists {name[:200]!r}, which is not synced here ({why}); skipping it")
                 continue
             local = self._local.get(name)
             if local is not None and local.mtime >= entry.mtime:

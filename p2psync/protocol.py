@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError, Refused
-from .names import safe_name
+from .paths import safe_name
 
 __all__ = [
     "CONTENT_LENGTH",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .directory import Directory, PeerKey, is_loopback
 from .errors import P2PSyncError, UnsafeName
-from .names import safe_name
+from .paths import safe_name
 from .protocol import FileInfo, decode_peer_message
 from .transfer import LineSplitter
 

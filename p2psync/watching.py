@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .names import is_ignored
+from .ignore import IgnoreRules
 
 __all__ = ["FolderWatcher", "WatchingUnavailable", "require_watching"]
 
@@ -44,12 +44,13 @@ def require_watching() -> None:
 class FolderWatcher:
     """Calls `on_change()` (from the watcher's thread) whenever `root` may have changed."""
 
-    def __init__(self, root: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, root: str, on_change: Callable[[], None], rules: IgnoreRules | None = None) -> None:
         require_watching()
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
         self.root = root
+        self.rules = rules or IgnoreRules.classic_rules()
         self._on_change = on_change
 
         watcher = self
@@ -59,7 +60,7 @@ class FolderWatcher:
                 watcher._event(event)
 
         self._observer: Any = Observer()
-        self._observer.schedule(_Handler(), root, recursive=False)
+        self._observer.schedule(_Handler(), root, recursive=not self.rules.classic)
 
     def start(self) -> None:
         self._observer.start()
@@ -86,5 +87,9 @@ class FolderWatcher:
         """Whether an event on `path` can change what the folder syncs."""
         if path == self.root:
             return True  # the folder itself (an overflow, a rescan request): assume anything
-        parent, name = os.path.split(path)
-        return parent == self.root and not is_ignored(name)
+        relative = os.path.relpath(path, self.root)
+        if relative.startswith(".."):
+            return False
+        relative = relative.replace(os.sep, "/")
+        # A folder's own event (created, moved, deleted) may change every file below it.
+        return self.rules.syncs(relative) or (not self.rules.classic and self.rules.descends(relative))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2psync.errors import ProtocolError, TransferError, UnsafeName
-from p2psync.names import safe_name
+from p2psync.paths import safe_name
 from p2psync.protocol import (
     MAX_WAIT_S,
     DirectoryEntry,
