@@ -1,0 +1,22 @@
+"""Which version of a path wins, and what to do about it: pure, no sockets, disks or clocks."""
+
+from __future__ import annotations
+
+from .conflicts import conflict_name, is_conflict_copy
+from .plan import Action, clashes, plan
+from .versions import Deletion, Vector, Version, bump, covers, merge, pick
+
+__all__ = [
+    "Action",
+    "Deletion",
+    "Vector",
+    "Version",
+    "bump",
+    "clashes",
+    "conflict_name",
+    "covers",
+    "is_conflict_copy",
+    "merge",
+    "pick",
+    "plan",
+]

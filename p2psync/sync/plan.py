@@ -1,0 +1,85 @@
+"""The sync decision: what one peer does about one path. One pure function.
+
+Strategy: a peer knows three versions of a path: what its folder holds now
+(`local`), what it last agreed on with the network (`base`, from its index),
+and what the tracker lists (`remote`, the live version the network converges
+on, and `deleted`, the deletions reported for the path). Their version
+vectors tell who changed what: only the network (take it), only this peer
+(keep it: the report carries it), or both apart (a conflict: the newer
+version wins and the loser's peer keeps its own version as a conflict copy,
+which then syncs like any file). `base` tells "deleted here" from "never
+had it". A deletion removes only the
+version it deleted; any other version is an edit and wins. Nothing is ever
+removed but into the trash, so no decision here loses data.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable
+
+from .versions import Deletion, Version
+
+__all__ = ["Action", "clashes", "plan"]
+
+
+class Action(enum.Enum):
+    NOTHING = "nothing"  # in sync, or this peer's version is the one that goes out
+    FETCH = "fetch"  # take the remote version (new here, or changed only there)
+    STAMP = "stamp"  # the same bytes with a newer mtime: set the mtime, move no bytes
+    TRASH = "trash"  # the network deleted this very version: move it to the trash
+    CONFLICT = "conflict"  # both changed and the remote wins: keep ours as a conflict copy, then fetch
+
+
+def plan(
+    local: Version | None, base: Version | None, remote: Version | None, deleted: Iterable[Deletion] = ()
+) -> Action:
+    """What to do about one path (see the module's docstring)."""
+    deletions = tuple(deleted)
+    live = remote if remote is not None and not any(d.kills(remote) for d in deletions) else None
+    if local is None:
+        if live is None or (base is not None and (base.same_content(live) or base.replaces(live))):
+            return Action.NOTHING  # gone everywhere, or deleted here: the tombstone goes out
+        return Action.FETCH
+    if live is None:
+        if any(d.kills(local) for d in deletions):
+            return Action.TRASH
+        return Action.NOTHING  # only here, or an edit newer than the deletion: it goes out
+    if local.same_content(live):
+        return Action.STAMP if live.mtime > local.mtime else Action.NOTHING
+    if live.replaces(local):
+        return Action.FETCH  # made from ours, or after it
+    if local.replaces(live):
+        return Action.NOTHING  # ours was made from it: ours goes out with the report
+    if not live.wins_over(local):
+        return Action.NOTHING  # made apart, ours newer: the remote's peer keeps its own aside
+    if live.vector and local.vector:
+        return Action.CONFLICT  # made apart, the remote newer: ours is kept beside it
+    # A classic holder's file (no lineage): the newest wins, and ours is kept
+    # aside unless it is what we last agreed on (then no one's work is lost).
+    return Action.FETCH if base is not None and local.same_content(base) else Action.CONFLICT
+
+
+def clashes(local_files: Collection[str], remote_files: Collection[str]) -> tuple[set[str], set[str]]:
+    """File/folder clashes between this peer's files and the network's.
+
+    Returns `(move_aside, skip)`: local files that stand where the network has a
+    folder (`x` here, `x/y` there; they are kept as conflict copies so the
+    folder can be made) and remote files that stand where this peer has a
+    folder (fetched nowhere here; their holder moves them aside). The folder
+    always wins, so both sides decide the same way and no clash loops.
+    """
+    move_aside = {p for p in _parents(remote_files) if p in local_files}
+    skip = {p for p in _parents(local_files) if p in remote_files}
+    return move_aside, skip - move_aside
+
+
+def _parents(paths: Iterable[str]) -> set[str]:
+    folders: set[str] = set()
+    for path in paths:
+        while "/" in path:
+            path = path.rpartition("/")[0]
+            if path in folders:
+                break
+            folders.add(path)
+    return folders

@@ -1,0 +1,226 @@
+"""The sync decision, without sockets or disks: unit cases, and a model of peers
+and a tracker in which hypothesis interleaves edits, deletions and rounds."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2psync.sync import (
+    Action,
+    Deletion,
+    Version,
+    bump,
+    clashes,
+    conflict_name,
+    covers,
+    is_conflict_copy,
+    merge,
+    pick,
+    plan,
+)
+
+A = "a" * 64
+B = "b" * 64
+C = "c" * 64
+
+
+def v(mtime: int, sha: str = A, **vector: int) -> Version:
+    return Version(mtime, 1, sha, vector=tuple(sorted(vector.items())))
+
+
+@pytest.mark.parametrize(
+    ("local", "base", "remote", "deleted", "action"),
+    [
+        (None, None, v(5, P=1), (), Action.FETCH),  # new elsewhere
+        (v(5, P=1), v(5, P=1), v(5, P=1), (), Action.NOTHING),  # in sync
+        (v(5, P=1), v(5, P=1), v(9, B, P=1, Q=2), (), Action.FETCH),  # changed there, from ours
+        (v(5, P=1), v(5, P=1), v(3, B, P=1, Q=2), (), Action.FETCH),  # ... whatever the clocks say
+        (v(9, B, P=2), v(5, P=1), v(5, P=1), (), Action.NOTHING),  # changed only here: ours goes out
+        (v(7, B, P=2), v(5, P=1), v(9, C, P=1, Q=2), (), Action.CONFLICT),  # both changed, theirs newer
+        (v(9, B, P=2), v(5, P=1), v(7, C, P=1, Q=2), (), Action.NOTHING),  # both, ours newer: they keep theirs
+        (v(7, B, P=2), v(5, P=1), v(7, C, P=1, Q=2), (), Action.CONFLICT),  # a tie: the larger hash wins
+        (v(7, C, P=2), v(5, P=1), v(7, B, P=1, Q=2), (), Action.NOTHING),
+        (v(5, B, P=1), None, v(9, C, Q=1), (), Action.CONFLICT),  # made apart, never agreed: never overwritten
+        (v(5, P=1), None, v(9, P=1), (), Action.STAMP),  # the same bytes, newer stamp: no transfer
+        (None, v(5, P=1), v(5, P=1), (), Action.NOTHING),  # deleted here: the tombstone goes out
+        (None, v(5, P=1), v(9, B, P=1, Q=2), (), Action.FETCH),  # deleted here, edited there: the edit wins
+        (v(5, P=1), v(5, P=1), None, (Deletion(6, A),), Action.TRASH),  # deleted there
+        (v(5, P=1), v(5, P=1), v(5, P=1), (Deletion(6, A),), Action.TRASH),  # ... still listed by a straggler
+        (v(9, B, P=2), v(5, P=1), None, (Deletion(6, A),), Action.NOTHING),  # edited here after: the edit wins
+        (v(5, B, P=1), v(5, P=1), None, (Deletion(6, A),), Action.NOTHING),  # another version than the deleted
+        (v(7, P=1), v(7, P=1), None, (Deletion(6, A),), Action.NOTHING),  # newer than the deletion
+        (None, None, v(5, P=1), (Deletion(6, A),), Action.NOTHING),  # never fetch a deleted version
+        (v(5, P=1), v(5, P=1), None, (), Action.NOTHING),  # only here
+    ],
+)
+def test_plan_cases(local, base, remote, deleted, action) -> None:
+    assert plan(local, base, remote, deleted) is action
+
+
+def test_pick_is_the_same_whatever_the_order() -> None:
+    old, edit, apart = v(9, A, P=1), v(5, B, P=1, Q=2), v(7, C, R=1)
+    for order in itertools.permutations([old, edit, apart]):
+        assert pick(order) == apart  # `edit` replaces `old` despite its clock; `apart` is newer than `edit`
+    assert pick([v(5, A), v(5, B)]) == v(5, B)  # a tie: the larger hash
+    assert pick([]) is None
+
+
+def test_bump_only_grows() -> None:
+    first = bump((), "P", 100)
+    assert first == (("P", 100),)
+    again = bump(first, "P", 50)  # a clock that went back
+    assert covers(again, first) and not covers(first, again)
+    both = bump(again, "Q", 100)
+    assert covers(both, again) and dict(both) == {"P": 101, "Q": 100}
+
+
+def test_classic_versions_compare_by_mtime() -> None:
+    old, new = Version(5), Version(9)
+    assert plan(old, old, new) is Action.FETCH
+    assert plan(new, old, old) is Action.NOTHING
+    assert plan(Version(5, 1, A), None, Version(5)) is Action.NOTHING  # same mtime: taken as the same file
+
+
+def test_conflict_names() -> None:
+    name = conflict_name("docs/report.txt", 1_780_000_000, "ABC1234")
+    assert name.startswith("docs/report.sync-conflict-") and name.endswith("-ABC1234.txt")
+    assert conflict_name(".bashrc", 0, "P1") == ".bashrc.sync-conflict-19700101-000000-P1"
+    assert conflict_name("Makefile", 0, "P1") == "Makefile.sync-conflict-19700101-000000-P1"
+    assert is_conflict_copy(name) and not is_conflict_copy("docs/report.txt")
+
+
+def test_clashes_let_the_folder_win() -> None:
+    move_aside, skip = clashes({"x", "a/b"}, {"x/y", "a"})
+    assert move_aside == {"x"}  # a file here where the network has a folder
+    assert skip == {"a"}  # a file there where this peer has a folder
+    assert clashes({"a/b/c"}, {"a/b/c", "d"}) == (set(), set())
+
+
+# ------------------------------------------------------------------ a model swarm
+
+
+@dataclass
+class ModelPeer:
+    name: str
+    files: dict[str, Version] = field(default_factory=dict)
+    base: dict[str, Version] = field(default_factory=dict)
+    tombstones: dict[str, Deletion] = field(default_factory=dict)
+    trash: list[Version] = field(default_factory=list)
+    reported: dict[str, Version] = field(default_factory=dict)  # what the tracker has from this peer
+
+
+class Swarm:
+    """Peers and a tracker that follow the real rules: the tracker lists, per path,
+    the winning version of those its deletions do not kill, and every deletion,
+    of what the peers reported (each reports its scan as its round begins)."""
+
+    def __init__(self, peers: int) -> None:
+        self.peers = [ModelPeer(f"P{i}") for i in range(peers)]
+        self.clock = 1000
+        self.shas = (f"{n:064x}" for n in itertools.count(1))
+        self.parent: dict[str, str | None] = {}  # version sha -> the version it was edited from
+        self.written: set[str] = set()
+        self.deleted: set[str] = set()  # versions a user deleted
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def edit(self, peer: ModelPeer, path: str) -> None:
+        old = peer.files.get(path)
+        sha = next(self.shas)
+        self.parent[sha] = old.sha256 if old else None
+        self.written.add(sha)
+        now = self.tick()  # a new version: the scan bumps this peer's counter in its vector
+        peer.files[path] = Version(now, 1, sha, vector=bump(old.vector if old else (), peer.name, now))
+
+    def delete(self, peer: ModelPeer, path: str) -> None:
+        if path in peer.files:
+            self.deleted.add(peer.files.pop(path).sha256 or "")
+
+    def listing(self) -> tuple[dict[str, Version], dict[str, list[Deletion]]]:
+        deleted: dict[str, list[Deletion]] = {}
+        for peer in self.peers:
+            for path, tomb in peer.tombstones.items():
+                deleted.setdefault(path, []).append(tomb)
+        live: dict[str, Version] = {}
+        for path in {p for peer in self.peers for p in peer.reported}:
+            versions = [peer.reported[path] for peer in self.peers if path in peer.reported]
+            alive = [x for x in versions if not any(d.kills(x) for d in deleted.get(path, ()))]
+            chosen = pick(alive or versions)
+            assert chosen is not None
+            live[path] = chosen
+        return live, deleted
+
+    def round(self, peer: ModelPeer) -> bool:
+        """One sync round of `peer` (scan, report, plan, act); whether it did anything."""
+        acted = False
+        for path, was in list(peer.base.items()):  # the scan: what is gone since we agreed
+            if path not in peer.files and (path not in peer.tombstones or peer.tombstones[path].sha256 != was.sha256):
+                peer.tombstones[path] = Deletion(self.tick(), was.sha256, was.vector)
+                acted = True  # reported: the others have something new to act on
+        for path in list(peer.tombstones):
+            if path in peer.files:
+                del peer.tombstones[path]  # the name is back here: no longer a deletion of ours
+        acted |= peer.reported != peer.files
+        peer.reported = dict(peer.files)
+        live, deleted = self.listing()
+        for path in sorted(set(peer.files) | set(live) | set(peer.base)):
+            local, remote = peer.files.get(path), live.get(path)
+            action = plan(local, peer.base.get(path), remote, deleted.get(path, ()))
+            if action is not Action.NOTHING:
+                acted = True
+            if action is Action.CONFLICT:  # ours aside as a new file; the winner covers both
+                assert local is not None and remote is not None
+                now = self.tick()
+                aside = replace(local, vector=bump((), peer.name, now))
+                peer.files[conflict_name(path, local.mtime, peer.name)] = aside
+                peer.files[path] = replace(remote, vector=merge(remote.vector, local.vector))
+            elif action in (Action.FETCH, Action.STAMP):
+                assert remote is not None
+                peer.files[path] = remote
+            elif action is Action.TRASH:
+                assert local is not None
+                peer.trash.append(peer.files.pop(path))
+            if peer.files.get(path) is not None and remote is not None and peer.files[path].same_content(remote):
+                peer.base[path] = peer.files[path]
+            elif path not in peer.files and remote is None:
+                peer.base.pop(path, None)
+        return acted
+
+
+PATHS = ["a", "b", "d/c"]
+OPS = st.lists(
+    st.tuples(st.sampled_from(["edit", "delete", "sync"]), st.integers(0, 2), st.sampled_from(PATHS)), max_size=60
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(OPS, st.integers(2, 3))
+def test_any_interleaving_converges_and_loses_nothing(ops: list[tuple[str, int, str]], peers: int) -> None:
+    swarm = Swarm(peers)
+    for op, who, path in ops:
+        peer = swarm.peers[who % peers]
+        if op == "edit":
+            swarm.edit(peer, path)
+        elif op == "delete":
+            swarm.delete(peer, path)
+        else:
+            swarm.round(peer)
+    for _ in range(12):  # everyone online again: rounds until nothing moves
+        if not any([swarm.round(peer) for peer in swarm.peers]):
+            break
+    else:
+        pytest.fail("the swarm did not settle")
+    trees = [{p: x.sha256 for p, x in peer.files.items()} for peer in swarm.peers]
+    assert all(tree == trees[0] for tree in trees), trees
+    # Every version that no later edit replaced and no user deleted is still somewhere:
+    # current under its name, a conflict copy, or in a trash.
+    superseded = {p for p in swarm.parent.values() if p} | swarm.deleted
+    kept = {x.sha256 for peer in swarm.peers for x in [*peer.files.values(), *peer.trash]}
+    assert swarm.written - superseded <= kept
