@@ -83,14 +83,14 @@ cdef extern from *:
     /* One file of link_new_files (see p2psync/_twin.py): its inode, 0 when the
        name is taken, -errno on failure. The anonymous file vanishes with its fd
        unless linked, so every path but success leaves nothing behind. */
-    static long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime) {
+    static long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime, int mode) {
     #if defined(__linux__) && defined(O_TMPFILE)
         char path[64];
         struct timespec times[2];
         struct stat st;
         ssize_t wrote;
         int fd, err;
-        fd = openat(dir_fd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0644);
+        fd = openat(dir_fd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0666);
         if (fd < 0) return -errno;
         while (n) {
             wrote = write(fd, data, n);
@@ -101,6 +101,7 @@ cdef extern from *:
             data += wrote;
             n -= (size_t)wrote;
         }
+        if (mode >= 0 && fchmod(fd, (mode_t)mode) < 0) goto fail;
         times[0].tv_sec = times[1].tv_sec = (time_t)mtime;
         times[0].tv_nsec = times[1].tv_nsec = 0;
         if (futimens(fd, times) < 0 || fstat(fd, &st) < 0) goto fail;
@@ -119,12 +120,12 @@ cdef extern from *:
         close(fd);
         return -err;
     #else
-        (void)dir_fd; (void)name; (void)data; (void)n; (void)mtime;
+        (void)dir_fd; (void)name; (void)data; (void)n; (void)mtime; (void)mode;
         return -ENOSYS;
     #endif
     }
     """
-    long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime) nogil
+    long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime, int mode) nogil
 
 
 cdef inline object _too_long(const char *start, Py_ssize_t available, Py_ssize_t max_line):
@@ -496,7 +497,7 @@ def send_from_file(sock, int fd, long long offset, long long nbytes):
 
 
 def link_new_files(int dir_fd, files):
-    """Create each `(name, data, mtime)` in `dir_fd`, complete or not at all (see p2psync/_twin.py).
+    """Create each `(name, data, mtime[, mode])` in `dir_fd`, complete or not at all (see p2psync/_twin.py).
 
     The whole batch runs without the GIL: one release for many files.
     """
@@ -506,6 +507,7 @@ def link_new_files(int dir_fd, files):
     cdef const char **datas = NULL
     cdef size_t *sizes = NULL
     cdef long long *mtimes = NULL
+    cdef int *modes = NULL
     cdef long long *results = NULL
     held = [tuple(item) for item in files]  # keeps every buffer alive while the GIL is released
     if not count:
@@ -514,21 +516,28 @@ def link_new_files(int dir_fd, files):
     datas = <const char **>malloc(count * sizeof(char *))
     sizes = <size_t *>malloc(count * sizeof(size_t))
     mtimes = <long long *>malloc(count * sizeof(long long))
+    modes = <int *>malloc(count * sizeof(int))
     results = <long long *>malloc(count * sizeof(long long))
     try:
-        if not (names and datas and sizes and mtimes and results):
+        if not (names and datas and sizes and mtimes and modes and results):
             raise MemoryError()
         for i in range(count):
-            name, data, mtime = held[i]
+            item = held[i]
+            if len(item) == 3:
+                name, data, mtime = item
+                mode = -1
+            else:
+                name, data, mtime, mode = item
             if not isinstance(name, bytes) or not isinstance(data, bytes):
-                raise TypeError("link_new_files wants (bytes name, bytes data, int mtime) tuples")
+                raise TypeError("link_new_files wants (bytes name, bytes data, int mtime[, int mode]) tuples")
             names[i] = <bytes>name
             datas[i] = <bytes>data
             sizes[i] = len(<bytes>data)
             mtimes[i] = mtime
+            modes[i] = mode
         with nogil:
             while done < count:
-                results[done] = p2p_link_new_file(dir_fd, names[done], datas[done], sizes[done], mtimes[done])
+                results[done] = p2p_link_new_file(dir_fd, names[done], datas[done], sizes[done], mtimes[done], modes[done])
                 done += 1
                 if results[done - 1] < 0:
                     break
@@ -538,4 +547,5 @@ def link_new_files(int dir_fd, files):
         free(datas)
         free(sizes)
         free(mtimes)
+        free(modes)
         free(results)

@@ -283,10 +283,11 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
     return nbytes
 
 
-def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
-    """Create each `(name, data, mtime)` in the folder `dir_fd` complete or not at all:
-    written as an anonymous file (`O_TMPFILE`), stamped with `mtime` (whole
-    seconds), then linked under `name`, which never replaces anything.
+def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple[bytes, bytes, int, int]]) -> list[int]:
+    """Create each `(name, data, mtime[, mode])` in the folder `dir_fd` complete or
+    not at all: written as an anonymous file (`O_TMPFILE`, created 0666 less the
+    umask, then given `mode` when one is given and not -1), stamped with `mtime`
+    (whole seconds), then linked under `name`, which never replaces anything.
 
     Returns one number per file, in order: its inode when created; 0 when
     `name` was taken (nothing is left behind); `-errno` when it failed, and
@@ -295,14 +296,18 @@ def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int]]) -> li
     a pipeline's small downloads: the extension does a whole batch without the GIL.
     """
     results: list[int] = []
-    for name, data, mtime in files:
+    for item in files:
+        name, data, mtime = item[0], item[1], item[2]
+        mode = item[3] if len(item) > 3 else -1
         try:
-            fd = os.open(".", os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            fd = os.open(".", os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError as exc:
             results.append(-(exc.errno or 1))
             break
         try:
             _write_all(fd, memoryview(data))
+            if mode >= 0:
+                os.fchmod(fd, mode)
             os.utime(fd, (mtime, mtime))
             inode = os.fstat(fd).st_ino
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)

@@ -18,12 +18,12 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .deadlines import Watchdog
 from .errors import P2PSyncError, Refused, TransferError
-from .files import Folder, PartialFile
+from .files import ANY, Folder, Install, PartialFile
 from .hashing import BackgroundHasher, new_hasher
 from .protocol import DirectoryEntry, decode_reply, encode_request
 from .transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
@@ -65,17 +65,18 @@ class Fetcher:
         self._idle = threading.Condition(self._lock)
         self._aborted = False
 
-    def fetch(self, name: str, entry: DirectoryEntry) -> bool:
-        """Fetch `name` at `entry`'s version from its holders in turn; whether it was installed."""
+    def fetch(self, name: str, entry: DirectoryEntry, expect: Any = ANY) -> bool:
+        """Fetch `name` at `entry`'s version from its holders in turn; whether it was
+        installed. `expect`: what the install may replace (see `files.Install`)."""
         for ip, port in entry.holders():
             if self._is_me(ip, port):
                 continue
             try:
                 try:
-                    installed = self._fetch_from(name, entry, ip, port, resume=True)
+                    installed = self._fetch_from(name, entry, ip, port, True, expect)
                 except _ResumeRefused as exc:
                     log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
-                    installed = self._fetch_from(name, entry, ip, port, resume=False)
+                    installed = self._fetch_from(name, entry, ip, port, False, expect)
             except (P2PSyncError, OSError) as exc:
                 log.warning("fetching %s from %s:%d failed: %s", name, ip, port, exc)
                 if self._aborted:
@@ -90,14 +91,16 @@ class Fetcher:
         own_ip, own_port = self.own_address
         return port == own_port and ip in ("127.0.0.1", "::1", own_ip)
 
-    def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int, resume: bool) -> bool:
+    def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int, resume: bool, expect: Any) -> bool:
         """One request to one holder, into a partial file, verified, then installed.
         Raises on any failure (the partial is removed, or kept for a resume when
         it is a large hashed version)."""
         with (
             socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT_S) as sock,
             self._tracked(sock),
-            self.folder.partial(name, entry.sha256, entry.size is None or entry.size >= RESUME_MIN_BYTES) as part,
+            self.folder.partial(
+                name, entry.sha256, entry.size is None or entry.size >= RESUME_MIN_BYTES, expect
+            ) as part,
         ):
             if not resume and part.offset:
                 part.restart()
@@ -127,8 +130,14 @@ class Fetcher:
         with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
             recv_to_file(sock, part.fd, length, reader, hasher)
 
-    def fetch_all(self, wanted: Sequence[tuple[str, DirectoryEntry]], workers: int = PARALLEL_FETCHES) -> int:
-        """Fetch many files with up to `workers` connections at once; how many were installed.
+    def fetch_all(
+        self,
+        wanted: Sequence[tuple[str, DirectoryEntry]],
+        workers: int = PARALLEL_FETCHES,
+        expect: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Fetch many files with up to `workers` connections at once; how many were
+        installed. `expect`: per path, what its install may replace (default `ANY`).
 
         Small files of p2psync holders (those with a hash) are pipelined: each worker
         keeps one connection to a holder and keeps up to `PIPELINE_DEPTH`
@@ -136,8 +145,9 @@ class Fetcher:
         neither a connection nor a round trip per file. Everything else, and
         anything a pipeline fails on, goes through `fetch`, holder by holder.
         """
+        expects: Mapping[str, Any] = expect or {}
         if len(wanted) < 2 or workers < 1:
-            return sum(self.fetch(name, entry) for name, entry in wanted)
+            return sum(self.fetch(name, entry, expects.get(name, ANY)) for name, entry in wanted)
         by_holder: dict[tuple[str, int], collections.deque[tuple[str, DirectoryEntry]]] = {}
         singles: collections.deque[tuple[str, DirectoryEntry]] = collections.deque()
         for name, entry in wanted:
@@ -158,13 +168,13 @@ class Fetcher:
         def work(i: int) -> None:
             if holders:
                 holder = holders[i % len(holders)]
-                installed[i] += self._pipeline(holder, by_holder[holder], singles)
+                installed[i] += self._pipeline(holder, by_holder[holder], singles, expects)
             while not self._aborted:  # then one by one: classic holders, and what pipelines gave back
                 try:
                     name, entry = singles.popleft()
                 except IndexError:
                     return
-                installed[i] += self.fetch(name, entry)
+                installed[i] += self.fetch(name, entry, expects.get(name, ANY))
 
         threads = [
             threading.Thread(target=work, args=(i,), name=f"p2psync-fetch-{i}", daemon=True)
@@ -181,6 +191,7 @@ class Fetcher:
         holder: tuple[str, int],
         todo: collections.deque[tuple[str, DirectoryEntry]],
         give_back: collections.deque[tuple[str, DirectoryEntry]],
+        expects: Mapping[str, Any],
     ) -> int:
         """Fetch from `todo` over one connection with requests in flight; how many
         were installed. On any failure, what is unfinished goes to `give_back`.
@@ -215,7 +226,7 @@ class Fetcher:
                     size = sum(entry.size or 0 for _, entry in batch)
                     self._check_space(size)
                     with self.watchdog.limit(sock, transfer_deadline(size), f"receiving {len(batch)} files"):
-                        got, failure = self._receive_batch(sock, reader, batch, holder)
+                        got, failure = self._receive_batch(sock, reader, batch, holder, expects)
                         installed += got
                         if failure is not None:
                             raise failure
@@ -242,16 +253,24 @@ class Fetcher:
         return batch
 
     def _receive_batch(
-        self, sock: socket.socket, reader: Buffer, batch: list[tuple[str, DirectoryEntry]], holder: tuple[str, int]
+        self,
+        sock: socket.socket,
+        reader: Buffer,
+        batch: list[tuple[str, DirectoryEntry]],
+        holder: tuple[str, int],
+        expects: Mapping[str, Any],
     ) -> tuple[int, P2PSyncError | OSError | None]:
         """Receive the replies to `batch`, verify them and install them together:
         how many were installed, and what stopped the batch early, if anything
         (what arrived verified before it is installed and removed from `batch`)."""
-        verified: list[tuple[str, bytes, int, str | None]] = []
+        verified: list[Install] = []
         failure: P2PSyncError | OSError | None = None
         try:
             for name, entry in batch:
-                verified.append((name, self._receive_verified(sock, reader, name, entry), entry.mtime, entry.sha256))
+                data = self._receive_verified(sock, reader, name, entry)
+                verified.append(
+                    Install(name, data, entry.mtime, entry.sha256, entry.mode, expects.get(name, ANY), entry.vector)
+                )
         except (P2PSyncError, OSError) as exc:
             failure = exc
         installed = self.folder.install_many(verified)
@@ -276,7 +295,7 @@ class Fetcher:
         if hasher is not None and hasher.hexdigest() != entry.sha256:
             part.abandon()  # wrong bytes are never kept for a resume
             raise TransferError(f"content does not match the advertised SHA-256 {entry.sha256}")
-        return part.commit(entry.mtime)
+        return part.commit(entry.mtime, entry.mode, entry.vector)
 
     def _check_offer(self, part: PartialFile, entry: DirectoryEntry, length: int) -> None:
         """Refuse an offer of the wrong size or over `max_file_size` (the caller checked the free space)."""

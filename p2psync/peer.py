@@ -13,6 +13,7 @@ the process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -23,19 +24,25 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from .config import DAY_S, PeerSettings
 from .deadlines import Watchdog
 from .errors import ProtocolError
 from .fetch import Fetcher
 from .files import Folder, LocalFile, get_file_info
+from .ignore import IgnoreRules
+from .paths import is_classic_name
 from .protocol import (
+    FEATURES,
     DirectoryEntry,
     FileInfo,
-    decode_directory,
+    Listing,
     decode_entry,
+    decode_listing,
     encode_init,
     encode_keepalive,
 )
 from .server import FileServer
+from .sync import Action, Deletion, Version, clashes, conflict_name, merge, plan
 from .transfer import Buffer
 from .watching import FolderWatcher, require_watching
 
@@ -52,15 +59,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL_S = 5.0  # the classic round
-FIRST_SYNC_DELAY_S = 2.0  # the classic first round, after start()
 TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
-MAX_BACKOFF_S = 60.0  # longest wait between tries to reach a tracker that is down
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
 CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of changes makes one round
 FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
 POLL_WAIT_S = 25.0  # a watching peer's KeepAlive lets the tracker hold the reply until a change, this long
-POLL_HELD_S = 1.0  # a reply slower than this shows the tracker holds long polls (classic ones never do)
+EXPIRY_INTERVAL_S = 3600.0  # how often old trash and own deletions are let go
 
 
 # ------------------------------------------------------------------ classic helpers
@@ -113,10 +117,13 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 class FileSynchronizer(threading.Thread):
-    """A peer serving and syncing the current working directory (as at construction).
+    """A peer serving and syncing a folder: by default the current working
+    directory as at construction, under the classic rule (the classic API).
 
     The constructor binds `server` on `(host, port)` (port 0: any free port)
     and creates the tracker socket `client` with a 180 s timeout, unconnected.
+    `folder` and `settings` make it the `p2psync` command's engine: the whole
+    tree, deletions and conflicts, an index in `folder/.p2psync/`.
     """
 
     BUFFER_SIZE = 8192
@@ -128,22 +135,26 @@ class FileSynchronizer(threading.Thread):
         port: int,
         host: str = "0.0.0.0",
         *,
-        interval: float = SYNC_INTERVAL_S,
-        first_delay: float = FIRST_SYNC_DELAY_S,
-        max_backoff: float = MAX_BACKOFF_S,
-        max_file_size: int | None = None,
-        watch: bool = False,
+        folder: str | os.PathLike[str] | None = None,
+        settings: PeerSettings | None = None,
+        rules: IgnoreRules | None = None,
+        **overrides: Any,
     ) -> None:
+        settings = dataclasses.replace(settings or PeerSettings(), **overrides)
         super().__init__(name=f"p2psync-peer-{port}", daemon=True)
-        if watch:
+        if settings.watch:
             require_watching()  # before anything is opened or bound
+        self.settings = settings
         self.trackerhost = trackerhost
         self.trackerport = trackerport
         self.host = host
-        self.interval = interval
-        self.first_delay = first_delay
-        self.max_backoff = max_backoff
-        self.folder = Folder(os.getcwd())
+        self.interval = settings.interval
+        self.first_delay = settings.first_delay
+        self.max_backoff = settings.max_backoff
+        root = os.getcwd() if folder is None else folder
+        if rules is None:
+            rules = IgnoreRules.classic_rules() if settings.classic else IgnoreRules.for_folder(root)
+        self.folder = Folder(root, rules, state=not settings.classic)
         self.server = socket.socket(_family(host), socket.SOCK_STREAM)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -162,25 +173,30 @@ class FileSynchronizer(threading.Thread):
         self._rescan = threading.Event()  # the folder may differ from the last scan
         self._wake = threading.Event()  # run a round now (a watched change, or exit)
         # With `watch`, a round with no change skips the rescan, and a change starts a round.
-        self._watcher = FolderWatcher(self.folder.root, self._on_folder_change) if watch else None
+        self._watcher = FolderWatcher(self.folder.root, self._on_folder_change, rules) if settings.watch else None
         self._send_lock = threading.Lock()  # the round and a watched change both send to the tracker
         self._owed = 0  # replies the tracker owes on this connection
         self._polling = False  # a long poll is out: a watched change cuts it short
-        self._poll_cut = False  # the last long poll was cut short (so its quick answer says nothing)
         self._msg_waits = False  # `msg` is a long poll
-        self._tracker_holds: bool | None = None  # whether this tracker holds long polls (None: not known yet)
-        self._last_line = b""  # the last directory line, to tell a classic tracker's instant replies
-        self._reported: tuple[FileInfo, ...] | None = None  # what the tracker has from us
-        self._files_in_msg = self._infos(self._local)
-        self._infos_generation = self.folder.generation
-        self.msg: bytes = encode_init(self.port, self._files_in_msg)
+        # Negotiation (design.md): the command declares its features from the first
+        # Init, the classic adapter from its second, so its first Init is the
+        # classic bytes. The replies say whether the tracker is a p2psync one.
+        self._declare = not settings.classic
+        self._tracker_extended: bool | None = None  # None: not known yet (no reply on this connection)
+        self._reported: tuple[Any, ...] | None = None  # what the tracker has from us: (report, declared)
+        self._report = self._report_now()
+        self._report_generation = self.folder.generation
+        self.msg: bytes = self._encode_report(self._report)
         self._first_round = True
         self._backoff = 0.0
+        self._again = False  # the tracker turned out to be a p2psync one: report the whole tree now
         self._stopping = threading.Event()
         self._watchdog = Watchdog()
         self._file_server = FileServer(self.server, self.folder, self._watchdog, self.BUFFER_SIZE)
-        self._fetcher = Fetcher(self.folder, self._watchdog, (host, self.port), max_file_size)
+        self._fetcher = Fetcher(self.folder, self._watchdog, (host, self.port), settings.max_file_size)
         self._warned: set[str] = set()
+        self._held_back = 0  # deletions the brake held back in the last round
+        self._next_expiry = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -207,9 +223,11 @@ class FileSynchronizer(threading.Thread):
                 log.exception("sync round failed")
             # Watching, the next message goes out at once: an Init reports what this
             # round installed, a long poll waits at the tracker, which decides when to
-            # answer. Unless this tracker has shown it answers polls at once (a classic one).
-            watching = self._watcher is not None and self._watcher.alive and self._tracker_holds is not False
+            # answer. Unless this tracker is a classic one, which answers at once.
+            watching = self._watcher is not None and self._watcher.alive and self._tracker_extended is not False
             delay = self._backoff or (CHANGE_SETTLE_S if watching else self.interval)
+            if self._again and not self._backoff:
+                self._again, delay = False, 0.0
 
     def _wait_for_round(self, delay: float) -> bool:
         """Wait `delay` seconds, or until a watched change (then a moment more, so a
@@ -234,7 +252,6 @@ class FileSynchronizer(threading.Thread):
             if not self._polling:
                 return
             self._polling = False
-            self._poll_cut = True
             with contextlib.suppress(OSError):
                 self.client.sendall(encode_keepalive(self.port))
                 self._owed += 1
@@ -244,7 +261,6 @@ class FileSynchronizer(threading.Thread):
             self.client.sendall(message)
             self._owed += 1
             self._polling = poll  # only once it is out: a cut must come after it
-            self._poll_cut = False
 
     def _read_reply(self, reader: Buffer) -> bytes:
         """The reply to the last message sent; replies owed for earlier ones (a long
@@ -314,12 +330,14 @@ class FileSynchronizer(threading.Thread):
         finally:
             self.client = self._new_client()
             self._reader = None
-            self._owed, self._polling, self._tracker_holds = 0, False, None  # a new connection, maybe a new tracker
+            self._owed, self._polling = 0, False
+            self._tracker_extended = None  # a new connection, maybe a new tracker
             self._reported = None  # a new connection starts with a full Init
             self._set_next_message()
 
     def sync(self) -> None:
-        """One round: report to the tracker, read the directory, fetch what is newer."""
+        """One round: report to the tracker, read the directory, bring the folder up
+        to date (fetch, stamp, trash, keep conflicts aside)."""
         opened = not self._first_round
         if opened:
             self._set_next_message()  # report what changed since the last round
@@ -331,7 +349,6 @@ class FileSynchronizer(threading.Thread):
                 return
         if self._reader is None or self._reader.sock is not self.client:
             self._reader = Buffer(self.client, self.BUFFER_SIZE, MAX_DIRECTORY_BYTES)
-        began = time.monotonic()
         try:
             self._send(self.msg, poll=self._msg_waits)
             line = self._read_reply(self._reader)
@@ -342,31 +359,57 @@ class FileSynchronizer(threading.Thread):
             if not self._stopping.is_set():  # exit() cuts a long poll short: nothing to report
                 self.fatal_tracker("Lost the connection to the tracker", exc)
             return
-        if self._msg_waits and not self._poll_cut:  # held: a p2psync tracker; the same at once: a classic one
-            if time.monotonic() - began > POLL_HELD_S:
-                self._tracker_holds = True
-            elif line == self._last_line:
-                self._tracker_holds = False
-        self._last_line = line
-        # The tracker now has this list: it was in the Init just sent, or a
+        # The tracker now has this report: it was in the Init just sent, or a
         # KeepAlive was sent because the tracker had it already.
-        self._reported = self._files_in_msg
+        self._reported = (self._report, self._declare)
         self._first_round = False
         try:
-            directory = decode_directory(line)
+            listing = decode_listing(line)
         except ProtocolError as exc:
             self.fatal_tracker("The tracker sent a malformed directory", exc)
             return
         self._backoff = 0.0
-        self._fetch_newer(directory)
+        self._learn_tracker(listing)
+        if not self._declare:  # the classic adapter's first Init has gone: now say what we can do, at once
+            self._declare = self._again = True
+        for name, why in listing.skipped:
+            self._warn_once(f"skipped:{name}", f"tracker lists a bad entry {name[:200]!r}; skipping it: {why}")
+        self._bring_up_to_date(listing)
         # The scan that opened this round is still current unless the round wrote to the folder.
         self._set_next_message(current=opened)
 
+    def _learn_tracker(self, listing: Listing) -> None:
+        """What the reply says of the tracker: extended replies come only from p2psync
+        trackers, to peers that declared features."""
+        extended = listing.extended
+        if extended != self._tracker_extended:
+            if extended:
+                log.info("tracker %s:%d speaks p2psync: syncing the whole tree", self.trackerhost, self.trackerport)
+                self._again = self._report_now() != self._report  # the whole tree goes out at once
+            elif self._declare and not self.settings.classic:
+                log.info(
+                    "tracker %s:%d is a classic one: syncing only the files a classic peer can have",
+                    self.trackerhost,
+                    self.trackerport,
+                )
+            self._tracker_extended = extended
+
     # ------------------------------------------------------------ what to report
 
-    @staticmethod
-    def _infos(local: Mapping[str, LocalFile]) -> tuple[FileInfo, ...]:
-        return tuple(f.info() for f in sorted(local.values(), key=lambda f: f.name))
+    def _report_now(self) -> tuple[tuple[FileInfo, ...], tuple[tuple[str, Deletion], ...]]:
+        """Files and tombstones to report, as far as this tracker may see them: to a
+        tracker not (yet) known to be a p2psync one, only what a classic peer could
+        have made itself, and no tombstones (classic peers get what it relays)."""
+        extended = self._tracker_extended is True
+        infos = tuple(
+            f.info() for f in sorted(self._local.values(), key=lambda f: f.name) if extended or is_classic_name(f.name)
+        )
+        deleted = tuple(sorted(self.folder.own_deletions().items())) if extended else ()
+        return infos, deleted
+
+    def _encode_report(self, report: tuple[tuple[FileInfo, ...], tuple[tuple[str, Deletion], ...]]) -> bytes:
+        infos, deleted = report
+        return encode_init(self.port, infos, FEATURES if self._declare else (), deleted)
 
     def _set_next_message(self, current: bool = False) -> None:
         """Init when the folder differs from what the tracker has, else KeepAlive.
@@ -376,15 +419,15 @@ class FileSynchronizer(threading.Thread):
             self._rescan.clear()  # before the scan: a change during it sets it again
             self._local = self.folder.scan()
             self._last_scan = time.monotonic()
-        if self.folder.generation != self._infos_generation:  # rebuild the list only after a change
-            self._files_in_msg = self._infos(self._local)
-            self._infos_generation = self.folder.generation
-        files = self._files_in_msg
-        # Watching, a KeepAlive is a long poll: a p2psync tracker answers it when the directory changes.
-        self._msg_waits = files == self._reported and self._watcher is not None and self._watcher.alive
-        if files != self._reported:
-            self.msg = encode_init(self.port, files)
+        report = self._report_now() if self.folder.generation != self._report_generation else self._report
+        if report != self._report or self._report_generation != self.folder.generation:
+            self._report, self._report_generation = report, self.folder.generation
+        if self._reported != (self._report, self._declare):
+            self.msg = self._encode_report(self._report)
+            self._msg_waits = False
         else:
+            # Watching, a KeepAlive is a long poll: a p2psync tracker answers it when the directory changes.
+            self._msg_waits = self._watcher is not None and self._watcher.alive and self._tracker_extended is True
             self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None)
 
     def _needs_scan(self, current: bool) -> bool:
@@ -401,30 +444,124 @@ class FileSynchronizer(threading.Thread):
             or time.monotonic() - self._last_scan >= FULL_SCAN_INTERVAL_S
         )
 
-    # ------------------------------------------------------------ fetching
+    # ------------------------------------------------------------ bringing the folder up to date
 
-    def _fetch_newer(self, directory: Mapping[str, DirectoryEntry]) -> None:
-        wanted: set[str] = set()  # versions still worth a kept partial download
-        todo: list[tuple[str, DirectoryEntry]] = []
-        for name, entry in directory.items():
-            why = self.folder.rules.why_not(name)
+    def _bring_up_to_date(self, listing: Listing) -> None:
+        """Decide for every path (`sync.plan`) and act: fetch, stamp, trash, keep aside."""
+        rules = self.folder.rules
+        remote: dict[str, DirectoryEntry] = {}
+        for name, listed in listing.files.items():
+            why = rules.why_not(name)
             if why is not None:
                 self._warn_once(name, f"tracker lists {name[:200]!r}, which is not synced here ({why}); skipping it")
+            else:
+                remote[name] = listed
+        extended = listing.extended
+        deleted = listing.deleted if extended else {}
+        local = self._local
+        move_aside, skip = clashes(local.keys(), remote.keys())
+        todo: list[tuple[str, DirectoryEntry]] = []
+        expect: dict[str, Any] = {}
+        trash: list[tuple[str, LocalFile, Deletion]] = []
+        agreed: list[tuple[str, Version]] = []
+        wrote = False
+        for path in sorted(set(local) | set(remote) | (set(deleted) & set(local))):
+            if path in skip:
+                self._warn_once(f"clash:{path}", f"{path}: a folder here, a file on another peer; keeping the folder")
                 continue
-            local = self._local.get(name)
-            if local is not None and local.mtime >= entry.mtime:
+            mine = local.get(path)
+            entry: DirectoryEntry | None = remote.get(path)
+            if path in move_aside and mine is not None:
+                wrote |= self._keep_aside(path, mine, "a folder of that name on another peer")
                 continue
-            if local is not None and entry.sha256 == local.sha256 and entry.size == local.size:
-                self.folder.set_mtime(name, entry.mtime)  # same bytes, newer stamp: no transfer
-                self._rescan.set()
-                continue
-            if entry.sha256 is not None:
-                wanted.add(entry.sha256)
-            todo.append((name, entry))
+            theirs = entry.version() if entry is not None else None
+            base = self.folder.base(path) if extended or mine is not None else None
+            action = plan(mine.version() if mine else None, base, theirs, deleted.get(path, ()))
+            if action is Action.NOTHING:
+                if mine is not None and theirs is not None and mine.version().same_content(theirs):
+                    agreed.append((path, theirs))
+            elif action is Action.STAMP:
+                assert mine is not None and entry is not None
+                if self.folder.set_mtime(path, entry.mtime, entry.mode, expect=mine.key):
+                    agreed.append((path, entry.version()))
+                    wrote = True
+            elif action is Action.TRASH:
+                assert mine is not None
+                killer = next(d for d in deleted.get(path, ()) if d.kills(mine.version()))
+                trash.append((path, mine, killer))
+            elif entry is not None:  # FETCH, or CONFLICT: ours aside, then theirs
+                if action is Action.CONFLICT:
+                    assert mine is not None
+                    if not self._keep_aside(path, mine, "changed here and on another peer; the other is newer"):
+                        continue
+                    wrote = True
+                    entry = dataclasses.replace(entry, vector=merge(entry.vector, mine.vector))
+                    expect[path] = None
+                else:
+                    expect[path] = mine.key if mine is not None else None
+                todo.append((path, entry))
+        self.folder.agree(agreed)
+        wrote |= self._apply_deletions(trash)
         if todo:
-            self._fetcher.fetch_all(todo)
+            wrote |= self._fetch(todo, expect) > 0 or True
+        self.folder.prune_partials({e.sha256 for _, e in todo if e.sha256 is not None})
+        self._expire_old()
+        if wrote:
             self._rescan.set()  # this round wrote to the folder (its own events may still be on the way)
-        self.folder.prune_partials(wanted)
+
+    def _keep_aside(self, path: str, mine: LocalFile, why: str) -> bool:
+        aside = conflict_name(path, mine.mtime, self.folder.peer_id)
+        if self.folder.keep_aside(path, aside):
+            log.warning("conflict: %s %s; kept this peer's version as %s", path, why, aside)
+            return True
+        return False
+
+    def _apply_deletions(self, trash: list[tuple[str, LocalFile, Deletion]]) -> bool:
+        """Move what the network deleted to the trash, unless the brake holds it back."""
+        if not trash:
+            self._held_back = 0
+            return False
+        limit = self.settings.max_delete
+        if not limit.allows(len(trash), len(self._local)):
+            if self._held_back != len(trash):
+                log.warning(
+                    "not deleting %d of this folder's %d files that other peers deleted (more than the limit, %s); "
+                    "to let them go, run once with --max-delete 100%% (or --max-delete %d)",
+                    len(trash),
+                    len(self._local),
+                    limit,
+                    len(trash),
+                )
+            self._held_back = len(trash)
+            return False
+        self._held_back = 0
+        return any([self.folder.move_to_trash(path, mine.key, deletion) for path, mine, deletion in trash])
+
+    @property
+    def held_back(self) -> int:
+        """Deletions from the network the brake held back in the last round."""
+        return self._held_back
+
+    def _fetch(self, todo: list[tuple[str, DirectoryEntry]], expect: dict[str, Any]) -> int:
+        """Fetch what the round wants, copying locally what the folder already holds
+        under another name (a rename or a copy elsewhere is not sent again)."""
+        by_hash = {f.sha256: f.name for f in self._local.values()}
+        remote: list[tuple[str, DirectoryEntry]] = []
+        copied = 0
+        for path, entry in todo:
+            source = by_hash.get(entry.sha256) if entry.sha256 is not None else None
+            if source not in (None, path) and self.folder.copy_local(source, path, entry.version(), expect[path]):
+                log.info("copied %s from %s here (same content): nothing fetched", path, source)
+                copied += 1
+                continue
+            remote.append((path, entry))
+        return copied + (self._fetcher.fetch_all(remote, expect=expect) if remote else 0)
+
+    def _expire_old(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_expiry and not self.settings.classic:
+            self._next_expiry = now + EXPIRY_INTERVAL_S
+            self.folder.expire(self.settings.trash_days * DAY_S)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -19,18 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError, Refused
-from .paths import safe_name
+from .paths import safe_path
+from .sync.versions import Deletion, Vector, Version
 
 __all__ = [
     "CONTENT_LENGTH",
+    "FEATURES",
     "MAX_FILES_PER_MESSAGE",
     "MAX_WAIT_S",
     "DirectoryEntry",
     "FileInfo",
     "FileRequest",
+    "Listing",
     "PeerMessage",
     "decode_directory",
     "decode_entry",
+    "decode_listing",
     "decode_peer_message",
     "decode_reply",
     "decode_request",
@@ -38,6 +42,7 @@ __all__ = [
     "encode_header",
     "encode_init",
     "encode_keepalive",
+    "encode_listing",
     "encode_refusal",
     "encode_request",
 ]
@@ -45,7 +50,16 @@ __all__ = [
 CONTENT_LENGTH = b"Content-Length:"
 MAX_FILES_PER_MESSAGE = 1_000_000  # a bound on what one message may make us hold
 MAX_WAIT_S = 60  # longest a tracker may hold a long-poll KeepAlive's reply (well under the 180 s liveness rule)
+# What a p2psync program can do beyond the classic protocol; a peer declares the
+# ones it knows in its Init, a p2psync tracker answers in the extended shape with
+# those both know. "tree": paths with `/` and names the classic rule leaves out;
+# "deleted": tombstones; "wait": long polls.
+FEATURES = ("tree", "deleted", "wait")
+EXTENDED_MARK = "p2psync"  # the key of an extended reply: never a classic entry (its value is a number)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_PEER_ID = re.compile(r"^[0-9A-Za-z]{1,16}$")
+MAX_VECTOR = 64  # peers in one version vector: one per peer that ever changed the file
+MAX_DELETIONS_PER_PATH = 8  # deletions of different versions of one path the tracker lists
 _SHOWN_BYTES = 100  # how much of a bad message an error message quotes
 
 
@@ -57,15 +71,28 @@ class FileInfo:
     mtime: int
     size: int | None = None
     sha256: str | None = None
+    mode: int | None = None  # permission bits (p2psync peers)
+    vector: Vector = ()  # version vector (p2psync peers), see sync.versions
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object for this file; classic keys first, as classic peers order them."""
         obj: dict[str, Any] = {"name": self.name, "mtime": self.mtime}
-        if self.size is not None:
-            obj["size"] = self.size
-        if self.sha256 is not None:
-            obj["sha256"] = self.sha256
+        _put_version(obj, self.size, self.sha256, self.mode, self.vector)
         return obj
+
+    def version(self) -> Version:
+        return Version(self.mtime, self.size, self.sha256, self.mode, self.vector)
+
+
+def _put_version(obj: dict[str, Any], size: int | None, sha256: str | None, mode: int | None, vector: Vector) -> None:
+    if size is not None:
+        obj["size"] = size
+    if sha256 is not None:
+        obj["sha256"] = sha256
+    if mode is not None:
+        obj["mode"] = mode
+    if vector:
+        obj["vector"] = [[peer, n] for peer, n in vector]
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,8 @@ class PeerMessage:
     port: int
     files: tuple[FileInfo, ...] | None
     wait: float = 0.0
+    features: tuple[str, ...] = ()  # what this p2psync peer can do (none: a classic peer)
+    deleted: tuple[tuple[str, Deletion], ...] = ()  # its tombstones, with `files`
 
 
 @dataclass(frozen=True)
@@ -91,16 +120,22 @@ class DirectoryEntry:
     size: int | None = None
     sha256: str | None = None
     sources: tuple[tuple[str, int], ...] = ()  # every live holder of this version
+    mode: int | None = None
+    vector: Vector = ()
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"ip": self.ip, "port": self.port, "mtime": self.mtime}
-        if self.size is not None:
-            obj["size"] = self.size
-        if self.sha256 is not None:
-            obj["sha256"] = self.sha256
+        _put_version(obj, self.size, self.sha256, None, ())
         if self.sources:
             obj["sources"] = [[ip, port] for ip, port in self.sources]
+        if self.mode is not None:
+            obj["mode"] = self.mode
+        if self.vector:
+            obj["vector"] = [[peer, n] for peer, n in self.vector]
         return obj
+
+    def version(self) -> Version:
+        return Version(self.mtime, self.size, self.sha256, self.mode, self.vector)
 
     def holders(self) -> list[tuple[str, int]]:
         """Every known holder of this version, the primary one first."""
@@ -162,6 +197,31 @@ def _optional_sha256(obj: Mapping[str, Any], what: str) -> str | None:
     return value
 
 
+def _optional_mode(obj: Mapping[str, Any], what: str) -> int | None:
+    return None if obj.get("mode") is None else _int(obj, "mode", what, 0, 0o7777) & 0o777
+
+
+def _vector(raw: Any, what: str) -> Vector:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_VECTOR:
+        raise ProtocolError(f"{what}: 'vector' must be a list of at most {MAX_VECTOR} [peer, counter] pairs")
+    pairs = {}
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not _PEER_ID.match(item[0])
+            or isinstance(item[1], bool)
+            or not isinstance(item[1], int)
+            or not 0 <= item[1] < 2**63
+        ):
+            raise ProtocolError(f"{what}: each vector entry must be [peer id, counter], got {_shown(json.dumps(item))}")
+        pairs[item[0]] = item[1]
+    return tuple(sorted(pairs.items()))
+
+
 def _name(obj: Mapping[str, Any], what: str) -> str:
     name = obj.get("name")
     if not isinstance(name, str) or not name:
@@ -172,9 +232,46 @@ def _name(obj: Mapping[str, Any], what: str) -> str:
 # ---------------------------------------------------------------- peer -> tracker
 
 
-def encode_init(port: int, files: Iterable[FileInfo]) -> bytes:
-    """Init: the peer's serving port and its full file list, exactly as a classic peer."""
-    return _line({"port": port, "files": [f.to_json() for f in files]})
+def encode_init(
+    port: int,
+    files: Iterable[FileInfo],
+    features: Iterable[str] = (),
+    deleted: Iterable[tuple[str, Deletion]] = (),
+) -> bytes:
+    """Init: the peer's serving port and its full file list, exactly as a classic
+    peer (p2psync peers add what they can do, and their tombstones)."""
+    obj: dict[str, Any] = {"port": port, "files": [f.to_json() for f in files]}
+    features = list(features)
+    if features:
+        obj["features"] = features
+    tombstones = [_deletion_json(name, d) for name, d in deleted]
+    if tombstones:
+        obj["deleted"] = tombstones
+    return _line(obj)
+
+
+def _deletion_json(name: str, d: Deletion) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": name, "mtime": d.time}
+    if d.sha256 is not None:
+        obj["sha256"] = d.sha256
+    if d.vector:
+        obj["vector"] = [[peer, n] for peer, n in d.vector]
+    return obj
+
+
+def _decode_deletion(item: Any, what: str) -> Deletion:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{what} must be an object, not {type(item).__name__}")
+    return Deletion(_int(item, "mtime", what), _optional_sha256(item, what), _vector(item.get("vector"), what))
+
+
+def _features(obj: Mapping[str, Any], what: str) -> tuple[str, ...]:
+    raw = obj.get("features")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 64 or not all(isinstance(f, str) and len(f) <= 64 for f in raw):
+        raise ProtocolError(f"{what}: 'features' must be a list of short strings")
+    return tuple(f for f in FEATURES if f in raw)  # ours that it knows, in our order
 
 
 def encode_keepalive(port: int, wait: float | None = None) -> bytes:
@@ -204,8 +301,9 @@ def decode_peer_message(line: bytes) -> PeerMessage:
     """
     obj = _load_object(line, "peer message")
     port = _port(obj, "peer message")
+    features = _features(obj, "peer message")
     if "files" not in obj or obj["files"] is None:
-        return PeerMessage(port, None, _wait(obj))
+        return PeerMessage(port, None, _wait(obj), features)
     raw = obj["files"]
     if not isinstance(raw, list):
         raise ProtocolError(f"peer message: 'files' must be a list, not {type(raw).__name__}")
@@ -222,9 +320,18 @@ def decode_peer_message(line: bytes) -> PeerMessage:
                 mtime=_int(item, "mtime", what),
                 size=_optional_size(item, what),
                 sha256=_optional_sha256(item, what),
+                mode=_optional_mode(item, what),
+                vector=_vector(item.get("vector"), what),
             )
         )
-    return PeerMessage(port, tuple(files))
+    raw_deleted = obj.get("deleted") or []
+    if not isinstance(raw_deleted, list) or len(raw_deleted) > MAX_FILES_PER_MESSAGE:
+        raise ProtocolError("peer message: 'deleted' must be a list")
+    deleted = []
+    for i, item in enumerate(raw_deleted):
+        what = f"peer message: deleted[{i}]"
+        deleted.append((_name(item if isinstance(item, dict) else {}, what), _decode_deletion(item, what)))
+    return PeerMessage(port, tuple(files), 0.0, features, tuple(deleted))
 
 
 # ---------------------------------------------------------------- tracker -> peer
@@ -253,6 +360,72 @@ def _decode_sources(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
             raise ProtocolError(f"{what}: each source must be [ip, port], got {_shown(json.dumps(item))}")
         sources.append((item[0], item[1]))
     return tuple(sources)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A tracker's reply as a p2psync peer reads it: the entries it could use,
+    what it skipped and why, the deletions (extended replies only), and
+    whether the tracker is a p2psync one that answered in the extended shape."""
+
+    files: dict[str, DirectoryEntry]
+    deleted: dict[str, tuple[Deletion, ...]]
+    extended: bool
+    features: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()  # (name, why): one bad entry poisons nothing
+
+
+def encode_listing(
+    entries: Mapping[str, DirectoryEntry], deleted: Mapping[str, Iterable[Deletion]], features: Iterable[str]
+) -> bytes:
+    """The extended reply, for peers that declared features: one JSON object, one line."""
+    return _line(
+        {
+            EXTENDED_MARK: 1,
+            "features": list(features),
+            "files": {name: entry.to_json() for name, entry in entries.items()},
+            "deleted": {name: [_deletion_json(name, d) for d in ds] for name, ds in deleted.items() if ds},
+        }
+    )
+
+
+def decode_listing(line: bytes) -> Listing:
+    """Parse a tracker's reply, classic or extended, keeping every good entry.
+
+    Raises `ProtocolError` only when the line as a whole is not a reply (not
+    JSON, not an object, too many entries); a malformed entry is left out and
+    named in `skipped`, so one hostile holder cannot stop a whole round.
+    """
+    obj = _load_object(line, "directory")
+    extended = obj.get(EXTENDED_MARK) == 1 and isinstance(obj.get("files"), dict)
+    raw_files = obj["files"] if extended else obj
+    if len(raw_files) > MAX_FILES_PER_MESSAGE:
+        raise ProtocolError(f"directory lists {len(raw_files)} files (limit {MAX_FILES_PER_MESSAGE})")
+    files: dict[str, DirectoryEntry] = {}
+    skipped: list[tuple[str, str]] = []
+    for name, item in raw_files.items():
+        try:
+            files[name] = decode_entry(name, item)
+        except ProtocolError as exc:
+            skipped.append((name, str(exc)))
+    deleted: dict[str, tuple[Deletion, ...]] = {}
+    features: tuple[str, ...] = ()
+    if extended:
+        try:
+            features = _features(obj, "directory")
+        except ProtocolError as exc:
+            skipped.append(("features", str(exc)))
+        raw_deleted = obj.get("deleted")
+        for name, items in (raw_deleted if isinstance(raw_deleted, dict) else {}).items():
+            try:
+                if not isinstance(items, list) or len(items) > MAX_DELETIONS_PER_PATH:
+                    raise ProtocolError(
+                        f"deletions of {_shown(name)} must be a list of at most {MAX_DELETIONS_PER_PATH}"
+                    )
+                deleted[name] = tuple(_decode_deletion(d, f"deletion of {_shown(name)}") for d in items)
+            except ProtocolError as exc:
+                skipped.append((name, str(exc)))
+    return Listing(files, deleted, extended, features, tuple(skipped))
 
 
 def decode_directory(line: bytes) -> dict[str, DirectoryEntry]:
@@ -284,8 +457,23 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
         digest is not None and not (type(digest) is str and _SHA256_HEX.match(digest))
     ):
         return None
+    mode, raw_vector = item.get("mode"), item.get("vector")
+    if mode is not None and not (type(mode) is int and 0 <= mode <= 0o7777):
+        return None
+    vector: Vector = ()
+    if raw_vector is not None:
+        if type(raw_vector) is not list or len(raw_vector) > MAX_VECTOR:
+            return None
+        for pair in raw_vector:
+            if not (type(pair) is list and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is int):
+                return None
+            if not (0 <= pair[1] < 2**63 and _PEER_ID.match(pair[0])):
+                return None
+        vector = tuple(sorted(dict((p[0], p[1]) for p in raw_vector).items()))
+    if mode is not None:
+        mode &= 0o777
     if listed is None:
-        return DirectoryEntry(ip, port, mtime, size, digest)
+        return DirectoryEntry(ip, port, mtime, size, digest, (), mode, vector)
     if type(listed) is not list:
         return None
     pairs = []
@@ -295,7 +483,7 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
         if not 0 < pair[1] < 65536:
             return None
         pairs.append((pair[0], pair[1]))
-    return DirectoryEntry(ip, port, mtime, size, digest, tuple(pairs))
+    return DirectoryEntry(ip, port, mtime, size, digest, tuple(pairs), mode, vector)
 
 
 def _checked_entry(name: str, item: Any) -> DirectoryEntry:
@@ -313,6 +501,8 @@ def _checked_entry(name: str, item: Any) -> DirectoryEntry:
         size=_optional_size(item, what),
         sha256=_optional_sha256(item, what),
         sources=_decode_sources(item.get("sources"), what),
+        mode=_optional_mode(item, what),
+        vector=_vector(item.get("vector"), what),
     )
 
 
@@ -339,7 +529,7 @@ def encode_request(name: str, offset: int = 0, sha256: str | None = None, keep_o
     form only goes to p2psync holders, those that advertise a hash.
     Raises `UnsafeName` for a name we would never send.
     """
-    head = safe_name(name).encode("utf-8")
+    head = safe_path(name).encode("utf-8")
     if not offset and not keep_open:
         return head + b"\n"
     if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
@@ -361,7 +551,7 @@ def decode_request(line: bytes) -> FileRequest:
     except UnicodeDecodeError:
         raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
     # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
-    name = safe_name(name.removesuffix("\r"))
+    name = safe_path(name.removesuffix("\r"))
     if not extended:
         return FileRequest(name)
     fields = tail.split(b"\x00")

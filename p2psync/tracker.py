@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from .directory import Directory, PeerKey, is_loopback
 from .errors import P2PSyncError, UnsafeName
-from .paths import safe_name
+from .paths import safe_path
 from .protocol import FileInfo, decode_peer_message
+from .sync.versions import Deletion
 from .transfer import LineSplitter
 
 __all__ = [
@@ -44,6 +45,7 @@ MAX_CONNECTIONS = 4096  # past it, new connections are closed at once (one log l
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # unfinished messages of all connections together
 _RECV_BYTES = 256 * 1024
 _SWEEP_INTERVAL_S = 1.0
+_TOMBSTONE_SWEEP_S = 60.0  # old deletions are forgotten this often
 
 
 _NOTHING = memoryview(b"")
@@ -61,6 +63,7 @@ class _Connection:
     buffered: int = 0  # bytes of an unfinished message held for it, as last counted
     seen_generation: int = -1  # the directory generation of the last reply sent
     held_until: float | None = None  # a long poll: its reply is owed by then, or at the next change
+    features: tuple[str, ...] = ()  # what the peer declared (none: a classic peer, answered the classic way)
 
     @property
     def name(self) -> str:
@@ -136,6 +139,7 @@ class Tracker(threading.Thread):
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         log.info("tracker listening on %s:%d", self.host, self.port)
         next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
+        next_expiry = time.monotonic()
         try:
             while not self._stopping.is_set():
                 for key, mask in selector.select(timeout=self._select_timeout()):
@@ -150,6 +154,9 @@ class Tracker(threading.Thread):
                 if now >= next_sweep:
                     self._expire_silent(now)
                     next_sweep = now + _SWEEP_INTERVAL_S
+                    if now >= next_expiry:
+                        self.directory.expire(time.time())  # deletions carry wall-clock times
+                        next_expiry = now + _TOMBSTONE_SWEEP_S
         except Exception:  # a bug, not bad input: say so loudly, free the port
             log.exception("tracker loop failed")
         finally:
@@ -218,7 +225,8 @@ class Tracker(threading.Thread):
         if conn.held_until is not None:
             conn.held_until = None
             self._held.pop(conn, None)
-        conn.out = memoryview(self.directory.encoded(conn.loopback_alias))  # shared, never copied
+        # shared, never copied: one encoded reply per shape
+        conn.out = memoryview(self.directory.encoded(conn.loopback_alias, extended=bool(conn.features)))
         conn.seen_generation = self.directory.generation
         self._flush(conn)
 
@@ -262,9 +270,13 @@ class Tracker(threading.Thread):
         peer = (conn.address[0], message.port)
         if conn.peer != peer:
             self._claim(conn, peer)
+        if message.files is not None or message.features:
+            conn.features = message.features  # an Init says what the peer can do; a classic one says nothing
         if message.files is None:
             self.directory.join(peer)
-        elif self.directory.report(peer, self._safe_files(conn, message.files)):
+        elif self.directory.report(
+            peer, self._safe_files(conn, message.files), self._safe_deletions(conn, message.deleted)
+        ):
             log.debug("directory changed: %d files after a report from %s", len(self.directory), conn.name)
         return message.wait
 
@@ -282,11 +294,23 @@ class Tracker(threading.Thread):
         kept = []
         for info in files:
             try:
-                safe_name(info.name)
+                safe_path(info.name)
             except UnsafeName as exc:
                 log.warning("peer %s: skipping a listed file: %s", conn.name, exc)
                 continue
             kept.append(info)
+        return kept
+
+    @staticmethod
+    def _safe_deletions(conn: _Connection, deleted: tuple[tuple[str, Deletion], ...]) -> list[tuple[str, Deletion]]:
+        kept = []
+        for name, deletion in deleted:
+            try:
+                safe_path(name)
+            except UnsafeName as exc:
+                log.warning("peer %s: skipping a listed deletion: %s", conn.name, exc)
+                continue
+            kept.append((name, deletion))
         return kept
 
     def _expire_silent(self, now: float) -> None:

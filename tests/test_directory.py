@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from p2psync.directory import Directory, is_loopback
-from p2psync.protocol import DirectoryEntry, FileInfo, decode_directory
+from p2psync.protocol import DirectoryEntry, FileInfo, decode_directory, decode_listing
+from p2psync.sync import Deletion
 
 A, B, C = ("10.0.0.1", 8001), ("10.0.0.2", 8002), ("127.0.0.1", 8003)
 SHA1, SHA2 = "1" * 64, "2" * 64
@@ -56,11 +57,56 @@ def test_a_file_dropped_from_a_report_is_dropped() -> None:
 
 def test_different_content_at_the_same_mtime_is_not_a_source() -> None:
     d = Directory()
-    d.report(A, [FileInfo("f", 100, 3, SHA1)])
-    d.report(B, [FileInfo("f", 100, 3, SHA2)])
-    d.report(C, [FileInfo("f", 100, 3, SHA1)])
+    d.report(A, [FileInfo("f", 100, 3, SHA2)])
+    d.report(B, [FileInfo("f", 100, 3, SHA1)])
+    d.report(C, [FileInfo("f", 100, 3, SHA2)])
     d.report(("10.0.0.4", 1), [FileInfo("f", 100)])  # a classic peer: nothing to verify or resume with
     assert d.entries()["f"].sources == (A, C)
+
+
+def test_a_tie_goes_to_the_larger_hash_whoever_reported_first() -> None:
+    """The tie rule is a function of the versions, not of report order."""
+    for order in ([A, B], [B, A]):
+        d = Directory()
+        for peer, digest in zip(order, (SHA1, SHA2), strict=True):
+            d.report(peer, [FileInfo("f", 100, 3, digest)])
+        assert d.entries()["f"].sha256 == SHA2
+
+
+def test_a_version_made_from_another_wins_whatever_the_clocks_say() -> None:
+    d = Directory()
+    d.report(A, [FileInfo("f", 500, 3, SHA1, vector=(("PA", 5),))])
+    d.report(B, [FileInfo("f", 100, 3, SHA2, vector=(("PA", 5), ("PB", 1)))])  # an edit of A's, slow clock
+    assert d.entries()["f"].sha256 == SHA2
+
+
+def test_deletions_stay_after_their_peer_leaves_and_hide_what_they_deleted() -> None:
+    d = Directory()
+    d.report(A, [FileInfo("f", 100, 3, SHA1, vector=(("PA", 1),))])
+    assert d.report(B, [], [("f", Deletion(200, SHA1, (("PA", 1),)))])
+    assert "f" not in d.entries()  # the only version listed is the one deleted
+    d.forget(B)
+    assert d.deletions()["f"] == (Deletion(200, SHA1),)
+    d.report(C, [FileInfo("f", 300, 3, SHA2, vector=(("PA", 1), ("PC", 1)))])  # an edit after: it wins
+    assert d.entries()["f"].sha256 == SHA2
+    assert d.expire(200 + d.tombstone_age_s + 1) and d.deletions() == {}
+
+
+def test_deletions_are_bounded() -> None:
+    d = Directory(max_tombstones=100)
+    for i in range(500):
+        d.report(A, [], [(f"f{i}", Deletion(i, SHA1))])
+    kept = d.deletions()
+    assert len(kept) <= 110 and "f499" in kept and "f0" not in kept  # the oldest go first
+
+
+def test_classic_peers_get_only_classic_names_and_no_deletions() -> None:
+    d = Directory()
+    d.report(A, [FileInfo("a.txt", 1), FileInfo("sub/b.txt", 1), FileInfo("tool.py", 1)], [("gone.txt", Deletion(5))])
+    assert set(decode_directory(d.encoded())) == {"a.txt"}
+    listing = decode_listing(d.encoded(extended=True))
+    assert listing.extended and set(listing.files) == {"a.txt", "sub/b.txt", "tool.py"}
+    assert listing.deleted == {"gone.txt": (Deletion(5),)}
 
 
 def test_the_encoded_reply_is_built_once_per_change() -> None:

@@ -45,7 +45,7 @@ def v(mtime: int, sha: str = A, **vector: int) -> Version:
         (v(9, B, P=2), v(5, P=1), v(7, C, P=1, Q=2), (), Action.NOTHING),  # both, ours newer: they keep theirs
         (v(7, B, P=2), v(5, P=1), v(7, C, P=1, Q=2), (), Action.CONFLICT),  # a tie: the larger hash wins
         (v(7, C, P=2), v(5, P=1), v(7, B, P=1, Q=2), (), Action.NOTHING),
-        (v(5, B, P=1), None, v(9, C, Q=1), (), Action.CONFLICT),  # made apart, never agreed: never overwritten
+        (v(5, B, P=1), None, v(9, C, Q=1), (), Action.CONFLICT),  # made apart, never agreed: kept aside
         (v(5, P=1), None, v(9, P=1), (), Action.STAMP),  # the same bytes, newer stamp: no transfer
         (None, v(5, P=1), v(5, P=1), (), Action.NOTHING),  # deleted here: the tombstone goes out
         (None, v(5, P=1), v(9, B, P=1, Q=2), (), Action.FETCH),  # deleted here, edited there: the edit wins
@@ -79,10 +79,12 @@ def test_bump_only_grows() -> None:
     assert covers(both, again) and dict(both) == {"P": 101, "Q": 100}
 
 
-def test_classic_versions_compare_by_mtime() -> None:
+def test_classic_versions_follow_the_classic_rule() -> None:
+    """A classic holder's file has no hash and no vector: the newest mtime wins."""
     old, new = Version(5), Version(9)
     assert plan(old, old, new) is Action.FETCH
     assert plan(new, old, old) is Action.NOTHING
+    assert plan(Version(5, 1, A, vector=(("P", 1),)), None, Version(9)) is Action.FETCH
     assert plan(Version(5, 1, A), None, Version(5)) is Action.NOTHING  # same mtime: taken as the same file
 
 

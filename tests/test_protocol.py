@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2psync.errors import ProtocolError, TransferError, UnsafeName
-from p2psync.paths import safe_name
+from p2psync.paths import safe_name, safe_path
 from p2psync.protocol import (
     MAX_WAIT_S,
     DirectoryEntry,
@@ -145,7 +145,23 @@ def test_malformed_resume_requests(line: bytes) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"", b"..", b".", b"../etc/passwd", b"/etc/passwd", b"a/b", b"a\\b", b"C:x", b"a\tb", b"NUL.txt", b"x" * 300],
+    [
+        b"",
+        b"..",
+        b".",
+        b"../etc/passwd",
+        b"/etc/passwd",
+        b"a/../../b",
+        b"a//b",
+        b"a/",
+        b"a\\b",
+        b"C:x",
+        b"a\tb",
+        b"NUL.txt",
+        b"x" * 300,
+        b"/".join([b"d"] * 65),
+        b"/".join([b"x" * 200] * 21),
+    ],
 )
 def test_unsafe_requests_are_refused(line: bytes) -> None:
     with pytest.raises(UnsafeName):
@@ -187,6 +203,12 @@ def test_header_and_refusal() -> None:
 def test_bad_replies(line: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         decode_reply(line)
+
+
+def test_relative_paths_are_requests_too() -> None:
+    assert decode_request(b"docs/a.txt") == FileRequest("docs/a.txt")
+    assert encode_request("docs/sub/a.txt") == b"docs/sub/a.txt\n"
+    assert safe_path("/".join(["d"] * 64)) == "/".join(["d"] * 64)  # as deep as allowed
 
 
 def test_safe_names() -> None:

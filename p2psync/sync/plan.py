@@ -55,9 +55,9 @@ def plan(
         return Action.NOTHING  # made apart, ours newer: the remote's peer keeps its own aside
     if live.vector and local.vector:
         return Action.CONFLICT  # made apart, the remote newer: ours is kept beside it
-    # A classic holder's file (no lineage): the newest wins, and ours is kept
-    # aside unless it is what we last agreed on (then no one's work is lost).
-    return Action.FETCH if base is not None and local.same_content(base) else Action.CONFLICT
+    # A classic holder's file (no lineage): the classic rule, the newest wins.
+    # Conflicts are kept only between p2psync peers (README: mixed networks).
+    return Action.FETCH
 
 
 def clashes(local_files: Collection[str], remote_files: Collection[str]) -> tuple[set[str], set[str]]:

@@ -1,0 +1,207 @@
+"""The folder's index: `DIR/.p2psync/index.sqlite3`, what this peer knows of its files.
+
+Strategy: per path, what the last scan saw (size, mtime_ns, mode, inode, hash,
+version vector), which makes it the scan's hash cache across restarts, and
+the version last agreed on with the network (`base`); plus the tombstones of
+this peer's own deletions. It is what tells "deleted here" from "never had
+it". Stdlib `sqlite3` in WAL mode, each round's changes in one transaction,
+so a kill -9 at any moment leaves the last committed round; a file that is
+missing starts a fresh index, and one that is corrupt is moved aside with one
+warning and rebuilt from the next scan (nothing in the folder is touched).
+This module never reads the folder or parses a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .sync.versions import Deletion, Vector, Version
+
+__all__ = ["INDEX_FILE", "Index", "IndexRow"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.sqlite3"
+_SCHEMA_VERSION = "1"
+_PEER_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud from a file name
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
+    inode INTEGER NOT NULL, sha256 TEXT NOT NULL, vector TEXT NOT NULL,
+    base_mtime INTEGER, base_size INTEGER, base_sha256 TEXT, base_vector TEXT
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    path TEXT PRIMARY KEY, time INTEGER NOT NULL, sha256 TEXT, vector TEXT NOT NULL
+);
+"""
+
+
+def _vector_text(vector: Vector) -> str:
+    return json.dumps([list(pair) for pair in vector], separators=(",", ":"))
+
+
+def _vector(text: str | None) -> Vector:
+    if not text:
+        return ()
+    return tuple((str(peer), int(n)) for peer, n in json.loads(text))
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One path as the last scan saw it, and the version last agreed on."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    mode: int
+    inode: int
+    sha256: str
+    vector: Vector
+    base: Version | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """What says the file is unchanged since: size, mtime_ns, inode."""
+        return self.size, self.mtime_ns, self.inode
+
+    def version(self) -> Version:
+        return Version(self.mtime_ns // 1_000_000_000, self.size, self.sha256, self.mode, self.vector)
+
+
+class Index:
+    """The index of one folder's state directory; every method is thread-safe."""
+
+    def __init__(self, state_dir: str | None) -> None:
+        """The index in `state_dir`; with None, one in memory (gone with the process)."""
+        self.path = ":memory:" if state_dir is None else os.path.join(state_dir, INDEX_FILE)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        fresh = self.path == ":memory:" or not os.path.exists(self.path)
+        try:
+            db = self._connect()
+            if not fresh:
+                row = db.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {row[0] if row else 'no answer'}")
+            return db
+        except sqlite3.DatabaseError as exc:
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            log.warning("index %s is unreadable (%s); moved to %s, rebuilding it from a scan", self.path, exc, aside)
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + suffix)
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last round, never consistency
+        db.executescript(_SCHEMA)
+        found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if found is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        elif found[0] != _SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema {found[0]}, this p2psync reads {_SCHEMA_VERSION}")
+        return db
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    # ------------------------------------------------------------ identity
+
+    def peer_id(self) -> str:
+        """This folder's short stable id (in conflict-copy names and version vectors)."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key='peer-id'").fetchone()
+            if found is not None:
+                return str(found[0])
+            new = "".join(secrets.choice(_PEER_ID_ALPHABET) for _ in range(7))
+            self._db.execute("INSERT INTO meta VALUES ('peer-id', ?)", (new,))
+            return new
+
+    # ------------------------------------------------------------ files
+
+    def rows(self) -> dict[str, IndexRow]:
+        """Every path the index knows."""
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM files")
+            return {r[0]: _row(r) for r in cursor}
+
+    def tombstones(self) -> dict[str, Deletion]:
+        """This peer's own deletions, by path."""
+        with self._lock:
+            cursor = self._db.execute("SELECT path, time, sha256, vector FROM tombstones")
+            return {p: Deletion(t, h, _vector(v)) for p, t, h, v in cursor}
+
+    def update(
+        self,
+        rows: Iterable[IndexRow] = (),
+        removed: Iterable[str] = (),
+        tombstones: Iterable[tuple[str, Deletion]] = (),
+        untombstoned: Iterable[str] = (),
+    ) -> None:
+        """Write rows, drop paths, add and drop tombstones: all in one transaction."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)", [_values(r) for r in rows]
+                )
+                db.executemany("DELETE FROM files WHERE path=?", [(p,) for p in removed])
+                db.executemany(
+                    "INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)",
+                    [(p, d.time, d.sha256, _vector_text(d.vector)) for p, d in tombstones],
+                )
+                db.executemany("DELETE FROM tombstones WHERE path=?", [(p,) for p in untombstoned])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def expire_tombstones(self, older_than: int) -> int:
+        """Forget own deletions from before `older_than` (unix seconds); how many."""
+        with self._lock:
+            return self._db.execute("DELETE FROM tombstones WHERE time < ?", (older_than,)).rowcount
+
+
+def _row(r: tuple[object, ...]) -> IndexRow:
+    path, size, mtime_ns, mode, inode, sha256, vector, b_mtime, b_size, b_sha, b_vector = r
+    base = (
+        None
+        if b_mtime is None
+        else Version(int(b_mtime), None if b_size is None else int(b_size), str(b_sha), None, _vector(str(b_vector)))  # type: ignore[call-overload]
+    )
+    return IndexRow(str(path), int(size), int(mtime_ns), int(mode), int(inode), str(sha256), _vector(str(vector)), base)  # type: ignore[call-overload]
+
+
+def _values(r: IndexRow) -> tuple[object, ...]:
+    b = r.base
+    return (
+        r.path,
+        r.size,
+        r.mtime_ns,
+        r.mode,
+        r.inode,
+        r.sha256,
+        _vector_text(r.vector),
+        None if b is None else b.mtime,
+        None if b is None else b.size,
+        None if b is None else b.sha256,
+        None if b is None else _vector_text(b.vector),
+    )
