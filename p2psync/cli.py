@@ -13,7 +13,9 @@ import threading
 from collections.abc import Sequence
 
 from . import __version__
+from .config import DeleteLimit, PeerSettings
 from .directory import is_loopback
+from .errors import ConfigError
 from .peer import FileSynchronizer, bind_first_free
 from .tracker import Tracker
 from .transfer import BACKEND
@@ -39,6 +41,13 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return int(text)
+
+
+def _delete_limit(text: str) -> DeleteLimit:
+    try:
+        return DeleteLimit.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _size(text: str) -> int:
@@ -94,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_size,
         metavar="SIZE",
         help="refuse to download files larger than this, e.g. 2G (default: the free disk space)",
+    )
+    sync.add_argument(
+        "--max-delete",
+        type=_delete_limit,
+        default=DeleteLimit(),
+        metavar="N|N%",
+        help="the most files one round may move to the trash because other peers deleted them, as a count "
+        "(--max-delete 200) or a share of the folder (--max-delete 20%%); 100%% turns the brake off "
+        "(default: half the folder's files, once more than 10)",
     )
     return parser
 
@@ -152,7 +170,14 @@ def _run_sync(args: argparse.Namespace) -> int:
         require_watching()  # before anything starts
     folder = os.path.abspath(os.path.expanduser(args.dir))
     os.makedirs(folder, exist_ok=True)
-    os.chdir(folder)  # FileSynchronizer serves the working directory, as the classic one does
+    settings = PeerSettings(
+        interval=args.interval,
+        first_delay=0.0,  # the first round starts as soon as the peer is connected
+        max_file_size=args.max_file_size,
+        watch=args.watch,
+        classic=False,
+        max_delete=args.max_delete,
+    )
     tracker = None
     if args.tracker is None:
         tracker = bind_first_free(Tracker, args.tracker_port)
@@ -162,15 +187,7 @@ def _run_sync(args: argparse.Namespace) -> int:
         host, port = args.tracker
 
     def build(peer_port: int) -> FileSynchronizer:
-        return FileSynchronizer(
-            host,
-            port,
-            peer_port,
-            interval=args.interval,
-            first_delay=min(2.0, args.interval),
-            max_file_size=args.max_file_size,
-            watch=args.watch,
-        )
+        return FileSynchronizer(host, port, peer_port, folder=folder, settings=settings)
 
     peer = build(args.port) if args.port is not None else bind_first_free(build, FIRST_PEER_PORT)
     peer.start()
@@ -234,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a port in use, a folder we cannot enter: one line, no traceback
         log.error("%s", exc)
         return 1
-    except WatchingUnavailable as exc:
+    except (WatchingUnavailable, ConfigError) as exc:
         log.error("%s", exc)
         return 2
 

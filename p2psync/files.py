@@ -172,9 +172,11 @@ class Folder:
         self._anonymous_ok: bool | None = None if _O_TMPFILE else False
 
     def close(self) -> None:
+        """Close the index and the folder's descriptor; a second call does nothing."""
         self.index.close()
-        with contextlib.suppress(OSError):
-            os.close(self._dir_fd)
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     # ------------------------------------------------------------ paths
 
@@ -551,7 +553,8 @@ class Folder:
                 return False
             with self.partial(path, version.sha256, expect=expect) as part:
                 _copy_range(src, part.fd, st.st_size)
-                if _hash_fd(part.fd) != version.sha256:
+                os.lseek(part.fd, 0, os.SEEK_SET)
+                if _hash_fd(part.fd) != version.sha256:  # changed since it was hashed: fetch it instead
                     return False
                 return part.commit(version.mtime, version.mode, version.vector)
         except (OSError, UnsafeName) as exc:

@@ -382,17 +382,19 @@ class FileSynchronizer(threading.Thread):
         """What the reply says of the tracker: extended replies come only from p2psync
         trackers, to peers that declared features."""
         extended = listing.extended
-        if extended != self._tracker_extended:
-            if extended:
-                log.info("tracker %s:%d speaks p2psync: syncing the whole tree", self.trackerhost, self.trackerport)
-                self._again = self._report_now() != self._report  # the whole tree goes out at once
-            elif self._declare and not self.settings.classic:
-                log.info(
-                    "tracker %s:%d is a classic one: syncing only the files a classic peer can have",
-                    self.trackerhost,
-                    self.trackerport,
-                )
-            self._tracker_extended = extended
+        if extended == self._tracker_extended:
+            return
+        self._tracker_extended = extended
+        self._report = self._report_now()  # what this tracker may see has changed
+        if extended:
+            log.info("tracker %s:%d speaks p2psync: syncing the whole tree", self.trackerhost, self.trackerport)
+            self._again = self._reported != (self._report, self._declare)  # the whole tree goes out at once
+        elif self._declare and not self.settings.classic:
+            log.info(
+                "tracker %s:%d is a classic one: syncing only the files a classic peer can have",
+                self.trackerhost,
+                self.trackerport,
+            )
 
     # ------------------------------------------------------------ what to report
 
@@ -501,9 +503,10 @@ class FileSynchronizer(threading.Thread):
                     expect[path] = mine.key if mine is not None else None
                 todo.append((path, entry))
         self.folder.agree(agreed)
+        if todo:  # before the deletions: a file renamed elsewhere is copied from its old name here
+            self._fetch(todo, expect)
+            wrote = True
         wrote |= self._apply_deletions(trash)
-        if todo:
-            wrote |= self._fetch(todo, expect) > 0 or True
         self.folder.prune_partials({e.sha256 for _, e in todo if e.sha256 is not None})
         self._expire_old()
         if wrote:

@@ -106,8 +106,9 @@ def test_a_classic_peer_and_ours_sync_both_ways(tmp_path: Path, start_tracker, m
         classic.close()
 
 
-def _classic_tracker(server: socket.socket, stop: threading.Event) -> None:
-    """A minimal classic tracker: a thread per peer, newest mtime wins, JSON lines."""
+def _classic_tracker(server: socket.socket, stop: threading.Event, seen: list[bytes] | None = None) -> None:
+    """A minimal classic tracker: a thread per peer, newest mtime wins, JSON lines
+    (each message it gets is added to `seen`, if given)."""
     directory: dict[str, dict] = {}
     lock = threading.Lock()
 
@@ -119,6 +120,8 @@ def _classic_tracker(server: socket.socket, stop: threading.Event) -> None:
                     line, held = recv_line(conn, held)
                 except (ConnectionError, OSError):
                     return
+                if seen is not None:
+                    seen.append(line)
                 msg = json.loads(line)
                 with lock:
                     for f in msg.get("files", []):

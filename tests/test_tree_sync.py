@@ -1,0 +1,423 @@
+"""Folder sync end to end: real trackers and p2psync peers (the command's engine) on
+loopback, on both backends: trees, deletions, the brake, conflicts, clashes,
+ignore rules, modes, renames, races, and mixed networks with classic programs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from p2psync.config import DeleteLimit, PeerSettings
+from p2psync.files import STATE_DIR, TRASH_DIR
+from p2psync.peer import FileSynchronizer
+from p2psync.protocol import DirectoryEntry
+
+from .classic_peer import ClassicPeer, recv_line
+from .holders import Holder, sha
+from .loopback import LOOPBACK, wait_until
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+FAST = PeerSettings(interval=0.2, first_delay=0.0, max_backoff=0.5, classic=False)
+
+
+@pytest.fixture
+def engine() -> Iterator[Callable[..., FileSynchronizer]]:
+    """Start p2psync peers as the `p2psync sync` command runs them; all stopped after the test."""
+    made: list[FileSynchronizer] = []
+
+    def start(folder: Path, tracker_port: int, **settings: object) -> FileSynchronizer:
+        folder.mkdir(exist_ok=True)
+        peer = FileSynchronizer("127.0.0.1", tracker_port, 0, "127.0.0.1", folder=folder, settings=FAST, **settings)
+        peer.start()
+        made.append(peer)
+        return peer
+
+    yield start
+    for peer in made:
+        peer.exit()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every synced file under `folder` by relative path (the state folder left out)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.is_symlink() and STATE_DIR not in p.relative_to(folder).parts
+    }
+
+
+def trash(folder: Path) -> dict[str, bytes]:
+    return tree(folder / STATE_DIR / TRASH_DIR) if (folder / STATE_DIR / TRASH_DIR).exists() else {}
+
+
+def write(path: Path, data: str | bytes, mtime: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def converged(*folders: Path) -> Callable[[], bool]:
+    return lambda: all(tree(f) == tree(folders[0]) for f in folders[1:])
+
+
+# ------------------------------------------------------------------ trees
+
+
+def test_three_peers_converge_from_different_trees(tmp_path: Path, start_tracker, engine) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write(a / "docs/readme.txt", "read me")
+    write(a / "tool.py", "print('synced too')")
+    write(a / "big/blob.bin", os.urandom(3 << 20))  # large: the resumable, hashed-on-a-thread path
+    os.chmod(a / "big/blob.bin", 0o750)
+    write(b / "docs/notes/deep/n.txt", "deep")
+    write(b / "run.sh", "#!/bin/sh\necho hi\n")
+    os.chmod(b / "run.sh", 0o755)
+    write(c / "c.txt", "from c")
+    os.chmod(c / "c.txt", 0o4755)  # setuid never syncs
+    tracker = start_tracker()
+    for folder in (a, b, c):
+        engine(folder, tracker.port)
+    wait_until(lambda: len(tree(a)) == 6 and converged(a, b, c)(), 30, "three trees to become one")
+    for folder in (a, b, c):
+        assert stat.S_IMODE((folder / "big/blob.bin").stat().st_mode) == 0o750
+        assert stat.S_IMODE((folder / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((a / "c.txt").stat().st_mode) == 0o755
+    assert (c / "docs/notes/deep/n.txt").read_text() == "deep"
+
+
+def test_a_symlink_is_never_followed_or_synced(tmp_path: Path, start_tracker, engine) -> None:
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "outside the folder")
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "real/file.txt", "real")
+    os.symlink(outside, a / "linked")  # a folder symlink in a
+    b.mkdir()
+    os.symlink(outside, b / "real")  # b has a symlink where a has a folder
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    peer_b = engine(b, tracker.port)
+    wait_until(lambda: "real/file.txt" in tracker.directory.entries(), 20, "a's report")
+    wait_until(lambda: peer_b._tracker_extended and not peer_b._first_round, 10, "b's rounds")
+    peer_b.sync()
+    assert sorted(os.listdir(outside)) == ["secret.txt"]  # nothing was written through b's symlink
+    assert "linked/secret.txt" not in tracker.directory.entries()  # nor served through a's
+
+
+def test_ignore_rules_and_the_defaults(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / ".p2psyncignore", "*.log\nbuild/\n!keep.log\n")
+    for name in ("app.log", "keep.log", "build/out.bin", "src/main.py", "notes.txt~", ".#lock", "x.swp", "ok.txt"):
+        write(a / name, name)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    engine(b, tracker.port)
+    wait_until(lambda: {"keep.log", "src/main.py", "ok.txt"} <= set(tree(b)), 20, "what a syncs")
+    assert set(tracker.directory.entries()) == {"keep.log", "src/main.py", "ok.txt"}
+    assert set(tree(b)) == {"keep.log", "src/main.py", "ok.txt"}  # the ignore file itself stays local
+
+
+# ------------------------------------------------------------------ deletions
+
+
+def test_a_deletion_reaches_a_peer_that_was_away_and_does_not_come_back(tmp_path, start_tracker, engine) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write(a / "sub/gone.txt", "delete me")
+    write(a / "stays.txt", "keep me")
+    tracker = start_tracker()
+    peers = [engine(f, tracker.port) for f in (a, b, c)]
+    wait_until(converged(a, b, c), 20, "the first sync")
+    wait_until(lambda: (c / "sub/gone.txt").exists(), 20, "c to have the file")
+    peers[2].exit()  # c goes away
+    (b / "sub/gone.txt").unlink()  # deleted on b
+    wait_until(lambda: not (a / "sub/gone.txt").exists(), 20, "the deletion to reach a")
+    assert trash(a) == {"sub/gone.txt": b"delete me"}
+    assert not (a / "sub").exists()  # a folder emptied by the network's deletions goes too
+    peers[1].exit()  # b, which deleted it, leaves: the tracker still knows
+    assert "sub/gone.txt" in tracker.directory.deletions()
+    engine(c, tracker.port)  # c comes back holding the deleted version
+    wait_until(lambda: not (c / "sub/gone.txt").exists(), 20, "c to apply the deletion")
+    assert trash(c) == {"sub/gone.txt": b"delete me"}
+    assert "sub/gone.txt" not in tracker.directory.entries()
+    assert not (a / "sub/gone.txt").exists() and tree(a) == tree(c) == {"stays.txt": b"keep me"}
+
+
+def test_a_newer_edit_wins_over_a_deletion(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f.txt", "v1")
+    tracker = start_tracker()
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(converged(a, b), 20, "the first sync")
+    wait_until(lambda: (b / "f.txt").exists(), 20, "b to have it")
+    pb.exit()
+    write(b / "f.txt", "edited on b while away")
+    (a / "f.txt").unlink()
+    wait_until(lambda: "f.txt" in tracker.directory.deletions(), 20, "a's deletion")
+    engine(b, tracker.port)
+    wait_until(lambda: (a / "f.txt").exists(), 20, "the edit to come back to a")
+    assert (a / "f.txt").read_text() == "edited on b while away"
+    assert pa.is_alive()
+
+
+def test_the_brake_holds_a_mass_deletion_until_confirmed(tmp_path: Path, start_tracker, engine, caplog) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i in range(20):
+        write(a / f"d/f{i:02}.txt", f"file {i}")
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    pb = engine(b, tracker.port)
+    wait_until(lambda: len(tree(b)) == 20, 20, "the first sync")
+    for i in range(15):
+        (a / f"d/f{i:02}.txt").unlink()
+    with caplog.at_level(logging.WARNING, "p2psync.peer"):
+        wait_until(lambda: pb.held_back == 15, 20, "the brake to hold the deletions")
+    assert len(tree(b)) == 20  # nothing deleted ...
+    assert any("not deleting 15" in r.getMessage() and "--max-delete" in r.getMessage() for r in caplog.records)
+    write(a / "d/new.txt", "syncing goes on")  # ... and everything else still syncs
+    wait_until(lambda: (b / "d/new.txt").exists(), 20, "a new file despite the brake")
+    pb.exit()
+    engine(b, tracker.port, max_delete=DeleteLimit.parse("100%"))  # the confirmation
+    wait_until(lambda: len(tree(b)) == 6, 20, "the confirmed deletions")
+    assert len(trash(b)) == 15 and tree(a) == tree(b)
+
+
+# ------------------------------------------------------------------ conflicts
+
+
+def test_a_conflict_made_apart_keeps_both_versions_everywhere(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "doc/plan.txt", "base", 1_700_000_000)
+    tracker = start_tracker()
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(lambda: (b / "doc/plan.txt").exists(), 20, "the first sync")
+    wait_until(lambda: pb.folder.base("doc/plan.txt") is not None, 20, "b to agree on it")
+    pa.exit()
+    pb.exit()
+    write(a / "doc/plan.txt", "a's edit", 1_700_000_100)
+    write(b / "doc/plan.txt", "b's edit, newer", 1_700_000_200)
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(lambda: len(tree(a)) == 2 and converged(a, b)(), 30, "both versions on both peers")
+    files = tree(a)
+    assert files["doc/plan.txt"] == b"b's edit, newer"
+    (copy,) = [p for p in files if p != "doc/plan.txt"]
+    assert copy.startswith("doc/plan.sync-conflict-20231114-") and copy.endswith(f"-{pa.folder.peer_id}.txt")
+    assert files[copy] == b"a's edit"
+
+
+def test_the_same_bytes_on_both_sides_are_no_conflict(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "same.txt", "identical", 1_700_000_000)
+    write(b / "same.txt", "identical", 1_700_000_500)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    pb = engine(b, tracker.port)
+    wait_until(lambda: int((a / "same.txt").stat().st_mtime) == 1_700_000_500, 20, "the newer stamp")
+    pb.sync()
+    assert set(tree(a)) == set(tree(b)) == {"same.txt"}
+
+
+def test_a_file_and_a_folder_of_one_name_end_in_a_conflict_copy(tmp_path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "x", "x is a file here")
+    write(b / "x/inside.txt", "x is a folder here")
+    tracker = start_tracker()
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(lambda: (a / "x/inside.txt").exists() and len(tree(b)) == 2, 30, "the clash to resolve")
+    wait_until(converged(a, b), 20, "the same tree")
+    (copy,) = [p for p in tree(a) if p != "x/inside.txt"]
+    assert copy.startswith("x.sync-conflict-") and tree(a)[copy] == b"x is a file here"
+    for _ in range(3):  # and it stays resolved: no loop
+        pa.sync()
+        pb.sync()
+    assert tree(a) == tree(b)
+
+
+def test_an_edit_racing_a_download_is_never_overwritten(tmp_path: Path, engine) -> None:
+    """The install compares the file with what the decision saw: a local edit made
+    while the download ran wins, and is kept."""
+    folder = tmp_path / "b"
+    write(folder / "race.txt", "old", 1_700_000_000)
+    new = b"remote version"
+    edited = threading.Event()
+
+    def slow_answer(conn: socket.socket, line: bytes) -> None:
+        conn.sendall(b"Content-Length: %d\n" % len(new) + new[:4])
+        write(folder / "race.txt", "local edit during the download")  # the user edits meanwhile
+        edited.set()
+        conn.sendall(new[4:])
+
+    holder = Holder(slow_answer)
+    entry = DirectoryEntry(LOOPBACK, holder.port, 1_800_000_000, len(new), sha(new), vector=(("HOLDER", 1),))
+    tracker = _tracker_answering(lambda: json.dumps({"p2psync": 1, "files": {"race.txt": entry.to_json()}}))
+    try:
+        peer = engine(folder, tracker.getsockname()[1])
+        wait_until(edited.is_set, 20, "the download to start")
+        wait_until(lambda: not peer._fetcher._in_flight, 20, "the download to end")
+        peer.sync()
+        assert (folder / "race.txt").read_text() == "local edit during the download"
+    finally:
+        holder.close()
+        tracker.close()
+
+
+def _tracker_answering(reply: Callable[[], str]) -> socket.socket:
+    """A hand-made tracker answering every message with `reply()`."""
+    server = socket.create_server((LOOPBACK, 0))
+
+    def serve(conn: socket.socket) -> None:
+        held = b""
+        with conn:
+            try:
+                while True:
+                    _, held = recv_line(conn, held)
+                    conn.sendall(reply().encode() + b"\n")
+            except OSError:
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def test_one_bad_entry_poisons_nothing(tmp_path: Path, engine, caplog) -> None:
+    good = b"still fetched"
+    holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: %d\n" % len(good) + good))
+    entries = {
+        "bad-port": {"ip": LOOPBACK, "port": "x", "mtime": 1},
+        "bad-mtime": {"ip": LOOPBACK, "port": holder.port, "mtime": "yesterday"},
+        "not-an-object": 5,
+        "good.txt": {
+            "ip": LOOPBACK,
+            "port": holder.port,
+            "mtime": 1_800_000_000,
+            "size": len(good),
+            "sha256": sha(good),
+        },
+    }
+    tracker = _tracker_answering(lambda: json.dumps(entries))  # a classic-shaped relay
+    try:
+        with caplog.at_level(logging.WARNING, "p2psync.peer"):
+            engine(tmp_path / "b", tracker.getsockname()[1])
+            wait_until(lambda: (tmp_path / "b/good.txt").exists(), 20, "the good entry")
+        assert (tmp_path / "b/good.txt").read_bytes() == good
+        assert holder.requests and all(r.startswith(b"good.txt") for r in holder.requests)  # nothing else asked
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        assert all(name in warned for name in ("bad-port", "bad-mtime", "not-an-object"))
+    finally:
+        holder.close()
+        tracker.close()
+
+
+def test_a_rename_is_copied_locally_not_fetched(tmp_path: Path, start_tracker, engine, caplog) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = os.urandom(200_000)
+    write(a / "old/name.bin", data)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    pb = engine(b, tracker.port)
+    wait_until(lambda: (b / "old/name.bin").exists(), 20, "the first sync")
+    with caplog.at_level(logging.INFO, "p2psync.peer"):
+        (a / "new").mkdir()
+        (a / "old/name.bin").rename(a / "new/name.bin")
+        wait_until(lambda: tree(b) == {"new/name.bin": data}, 20, "the rename at b")
+    assert any("copied new/name.bin from old/name.bin" in r.getMessage() for r in caplog.records)
+    assert trash(b) == {"old/name.bin": data}
+    assert pb.is_alive()
+
+
+# ------------------------------------------------------------------ the index
+
+
+def test_the_index_survives_a_restart_and_a_corrupt_one_is_rebuilt(tmp_path: Path, monkeypatch, caplog) -> None:
+    from p2psync import files
+
+    folder = tmp_path / "f"
+    for i in range(10):
+        write(folder / f"sub/{i}.bin", os.urandom(1000))
+    reads: list[int] = []
+    real = files._hash_fd
+    monkeypatch.setattr(files, "_hash_fd", lambda fd: reads.append(fd) or real(fd))
+    first = files.Folder(folder, files.IgnoreRules.tree(), state=True)
+    scanned = first.scan()
+    first.close()
+    assert len(reads) == 10
+    again = files.Folder(folder, files.IgnoreRules.tree(), state=True)
+    assert again.scan() == scanned and len(reads) == 10  # a restart rehashes nothing
+    again.close()
+    (folder / STATE_DIR / "index.sqlite3").write_bytes(b"this is not a database" * 100)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = files.Folder(folder, files.IgnoreRules.tree(), state=True)
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 1
+    assert {p: f.sha256 for p, f in rebuilt.scan().items()} == {p: f.sha256 for p, f in scanned.items()}
+    assert rebuilt.own_deletions() == {}  # nothing in the folder taken for deleted
+    rebuilt.close()
+    assert tree(folder).keys() == {f"sub/{i}.bin" for i in range(10)}
+
+
+# ------------------------------------------------------------------ mixed networks
+
+
+def test_a_classic_peer_on_a_p2psync_tracker_sees_only_what_it_could_have_made(
+    tmp_path: Path, start_tracker, engine
+) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    write(ours / "flat.txt", "flows both ways")
+    write(ours / "sub/nested.txt", "p2psync peers only")
+    write(ours / "script.py", "never offered to a classic peer")
+    theirs.mkdir()
+    write(theirs / "classic.txt", "from the classic peer")
+    tracker = start_tracker()
+    engine(ours, tracker.port)
+    wait_until(lambda: "sub/nested.txt" in tracker.directory.entries(), 20, "our report")
+    classic = ClassicPeer(theirs, (LOOPBACK, tracker.port))
+    directory = classic.report()
+    assert set(directory) == {"flat.txt", "classic.txt"}  # its own, and ours but no '/', no *.py, no deletions
+    entry = directory["flat.txt"]
+    assert classic.fetch("flat.txt", entry["ip"], entry["port"], entry["mtime"]) == b"flows both ways"
+    wait_until(lambda: (ours / "classic.txt").exists(), 20, "the classic peer's file at ours")
+    assert (ours / "classic.txt").read_text() == "from the classic peer"
+
+
+def test_a_p2psync_peer_on_a_classic_tracker_reports_only_classic_names(tmp_path: Path, engine) -> None:
+    from .test_peer import _classic_tracker
+
+    a = tmp_path / "a"
+    write(a / "flat.txt", "flat")
+    write(a / "sub/nested.txt", "nested")
+    write(a / "tool.py", "program")
+    seen: list[bytes] = []
+    stop = threading.Event()
+    with socket.create_server((LOOPBACK, 0)) as server:
+        thread = threading.Thread(target=_classic_tracker, args=(server, stop, seen), daemon=True)
+        thread.start()
+        try:
+            peer = engine(a, server.getsockname()[1])
+            wait_until(lambda: len(seen) >= 3, 20, "a few rounds")
+            assert peer._tracker_extended is False
+        finally:
+            stop.set()
+            thread.join(5)
+    names = {f["name"] for line in seen for f in json.loads(line).get("files", [])}
+    assert names == {"flat.txt"}
+    assert all("deleted" not in json.loads(line) for line in seen)  # no tombstones for a classic tracker
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
