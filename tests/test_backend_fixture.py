@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from p2psync import fetch, peer, server, tracker, transfer
+from p2psync import _core, fetch, files, peer, server, tracker, transfer
 
-USERS = (fetch, peer, server, tracker, transfer)
+from .conftest import CORE_NAMES
+
+USERS = (_core, fetch, files, peer, server, tracker, transfer)
 
 
 def test_every_user_of_the_core_is_switched(backend: str, impl: ModuleType) -> None:
-    switched = 0
+    switched = set()
     for module in USERS:
-        for name in ("Buffer", "LineSplitter", "recv_to_file", "send_from_file"):
+        for name in CORE_NAMES:
             if hasattr(module, name):
                 assert getattr(module, name) is getattr(impl, name), f"{module.__name__}.{name}"
-                switched += 1
-    assert switched >= 8
+                switched.add(f"{module.__name__}.{name}")
+    assert {"p2psync.files.link_new_files", "p2psync.transfer.recv_to_file", "p2psync._core.Buffer"} <= switched
+    assert len(switched) >= 12
     assert backend == {"p2psync._twin": "python", "p2psync._speedups": "cython"}[impl.__name__]

@@ -145,3 +145,68 @@ def test_classic_command_lines(run, tmp_path: Path) -> None:
     for proc in (*peers, tracker):
         assert proc.interrupt() == 0, proc.output
         assert "Traceback" not in proc.output
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and ".p2psync" not in p.relative_to(folder).parts
+    }
+
+
+def test_kill_9_in_the_middle_of_a_round_loses_nothing(run, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for i in range(200):
+        (first / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (first / f"d{i % 10}" / f"f{i:03}.bin").write_bytes(os.urandom(64 * 1024))
+    (first / "big.bin").write_bytes(os.urandom(24 << 20))
+    original = _tree(first)
+    second.mkdir()
+    (second / "mine.txt").write_text("written here before the kill")
+    tracker_port = free_port()
+    a = run(
+        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--interval", "0.3"],
+        tmp_path,
+    )
+    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    args = [*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"]
+    b = run(args, tmp_path)
+    wait_until(lambda: len(list(second.rglob("*.bin"))) >= 5, 60, "the first downloads")
+    b.proc.send_signal(signal.SIGKILL)  # mid-round: downloads in flight, the index half written
+    b.proc.wait(10)
+    b = run(args, tmp_path)
+    wait_until(lambda: _tree(second).keys() >= original.keys() | {"mine.txt"}, 90, "second to catch up")
+    wait_until(lambda: (first / "mine.txt").exists(), 30, "mine.txt to reach first")
+    assert {k: v for k, v in _tree(second).items() if k != "mine.txt"} == original  # every byte, nothing more
+    assert _tree(first) == {**original, "mine.txt": b"written here before the kill"}
+    assert not [p for p in tmp_path.rglob("*.part")]
+    for proc in (b, a):
+        assert proc.interrupt() == 0, proc.output
+        assert "Traceback" not in proc.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "setup", "message"),
+    [
+        (["--max-delete", "lots"], None, "max-delete"),
+        ([], ".p2psyncignore", "bad ignore pattern"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_2(env, tmp_path: Path, extra, setup, message) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    if setup:
+        (folder / setup).write_text("fine/\n!\n")
+    result = subprocess.run(
+        [*P2PSYNC, "sync", str(folder), "--tracker", "127.0.0.1:9", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1] and sum("error" in line.lower() for line in lines) == 1  # one line says it

@@ -124,10 +124,14 @@ def test_write_failure_is_an_os_error(impl: ModuleType) -> None:
             os.close(read_only)
 
 
-def test_negative_count_is_refused(impl: ModuleType) -> None:
+def test_negative_count_is_refused(impl: ModuleType, tmp_path: Path) -> None:
     client, server = tcp_pair()
-    with client, server, pytest.raises(ValueError):
-        impl.recv_to_file(client, 1, -1)
+    with client, server, open(tmp_path / "out", "wb") as out:
+        with pytest.raises(ValueError, match="negative byte count -1"):  # the guard's own words
+            impl.recv_to_file(client, out.fileno(), -1)
+        with pytest.raises(ValueError, match="negative offset -1"):
+            impl.send_from_file(client, out.fileno(), -1, 1)
+    assert (tmp_path / "out").read_bytes() == b""  # refused before touching anything
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n}B")
@@ -205,18 +209,25 @@ def test_two_transfers_run_in_parallel(impl: ModuleType, tmp_path: Path) -> None
     transfer completes while the first still waits for its bytes."""
     slow_client, slow_server = tcp_pair()
     fast_client, fast_server = tcp_pair()
-    finished = threading.Event()
+    slow_done = threading.Event()
     with slow_client, slow_server, fast_client, fast_server, open(tmp_path / "slow", "wb") as slow_out:
-        slow = in_thread(lambda: impl.recv_to_file(slow_client, slow_out.fileno(), 4))
+
+        def slow_receive() -> int:
+            try:
+                return impl.recv_to_file(slow_client, slow_out.fileno(), 4)
+            finally:
+                slow_done.set()
+
+        slow = in_thread(slow_receive)
         data = pattern(BUF * 4)
         sender = in_thread(lambda: fast_server.sendall(data))
         with open(tmp_path / "fast", "wb") as fast_out:
             impl.recv_to_file(fast_client, fast_out.fileno(), len(data))
-            finished.set()
         sender()
+        # The fast transfer ended while the slow one was still blocked waiting for bytes.
+        assert not slow_done.is_set()
         slow_server.sendall(b"done")
         assert slow() == 4
-    assert finished.is_set()
     assert (tmp_path / "fast").read_bytes() == data
     assert (tmp_path / "slow").read_bytes() == b"done"
 

@@ -393,7 +393,11 @@ def test_tracker_message_handling_never_fails_otherwise(messages: list[bytes]) -
             directory.join(peer)
         else:
             directory.report(peer, message.files)
-        assert json.loads(directory.encoded()) is not None
+        listed = json.loads(directory.encoded())
+        assert isinstance(listed, dict)
+        assert set(listed) == set(directory.entries())  # every entry it keeps is in the reply, and no other
+        for entry in listed.values():
+            assert set(entry) >= {"ip", "port", "mtime"}
 
 
 def test_random_bytes_to_a_live_tracker(start_tracker) -> None:

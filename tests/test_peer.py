@@ -333,8 +333,10 @@ def _junk_tracker(reply: bytes) -> tuple[socket.socket, threading.Event]:
     "reply",
     [
         b"garbage\n",
-        b'{"../../escape.txt": {"ip": "127.0.0.1", "port": 9, "mtime": 5}}\n',
-        b'{"sub/inner.txt": {"ip": "127.0.0.1", "port": 9, "mtime": 5}}\n',
+        b'{"../../escape.txt": {"ip": "127.0.0.1", "port": HOLDER, "mtime": 5}}\n',
+        b'{"/etc/escape.txt": {"ip": "127.0.0.1", "port": HOLDER, "mtime": 5}}\n',
+        b'{"sub/inner.txt": {"ip": "127.0.0.1", "port": HOLDER, "mtime": 5}}\n',  # the classic rule: flat only
+        b'{"code.py": {"ip": "127.0.0.1", "port": HOLDER, "mtime": 5}}\n',
         b'{"x": {"ip": 5}}\n',
         b"",
     ],
@@ -342,8 +344,10 @@ def _junk_tracker(reply: bytes) -> tuple[socket.socket, threading.Event]:
 def test_a_junk_tracker_never_makes_the_peer_write_or_crash(tmp_path: Path, make_peer, reply: bytes) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
+    holder = Holder(lambda conn, line: conn.sendall(b"Content-Length: 4\nevil"))  # would serve anything asked
+    reply = reply.replace(b"HOLDER", b"%d" % holder.port)
     server, stop = _junk_tracker(reply)
-    with server:
+    with server, contextlib.closing(holder.listener):
         peer = make_peer(folder, server.getsockname()[1], **FAST)
         peer.start()
         wait_until(lambda: peer._first_round is False or peer._backoff > 0, 10, "a round against the junk tracker")
@@ -351,6 +355,7 @@ def test_a_junk_tracker_never_makes_the_peer_write_or_crash(tmp_path: Path, make
             peer.sync()
         assert peer.is_alive()
         stop.set()
+    assert holder.requests == []  # the names were refused before anyone was asked for them
     assert list(folder.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 

@@ -20,6 +20,7 @@ from .classic_peer import recv_line
 from .loopback import LOOPBACK, wait_until
 
 pytest.importorskip("watchdog.observers", reason="the watch extra (watchdog) is not installed")
+pytestmark = pytest.mark.usefixtures("backend")  # peers and trackers on both cores
 
 
 def _counting(peer, method: str) -> list[int]:
