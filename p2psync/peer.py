@@ -196,6 +196,7 @@ class FileSynchronizer(threading.Thread):
         self._fetcher = Fetcher(self.folder, self._watchdog, (host, self.port), settings.max_file_size)
         self._warned: set[str] = set()
         self._held_back = 0  # deletions the brake held back in the last round
+        self._settled: tuple[bytes, int] | None = None  # (directory, folder generation) of a round with nothing to do
         self._next_expiry = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -332,6 +333,7 @@ class FileSynchronizer(threading.Thread):
             self._reader = None
             self._owed, self._polling = 0, False
             self._tracker_extended = None  # a new connection, maybe a new tracker
+            self._settled = None
             self._reported = None  # a new connection starts with a full Init
             self._set_next_message()
 
@@ -363,6 +365,13 @@ class FileSynchronizer(threading.Thread):
         # KeepAlive was sent because the tracker had it already.
         self._reported = (self._report, self._declare)
         self._first_round = False
+        self._expire_old()
+        if self._settled == (line, self.folder.generation):
+            # The same directory as last round, which found nothing to do, and the
+            # same folder: nothing to decode or decide (a round of an idle swarm).
+            self._backoff = 0.0
+            self._set_next_message(current=opened)
+            return
         try:
             listing = decode_listing(line)
         except ProtocolError as exc:
@@ -374,7 +383,10 @@ class FileSynchronizer(threading.Thread):
             self._declare = self._again = True
         for name, why in listing.skipped:
             self._warn_once(f"skipped:{name}", f"tracker lists a bad entry {name[:200]!r}; skipping it: {why}")
-        self._bring_up_to_date(listing)
+        if self._bring_up_to_date(listing):
+            self._settled = None
+        else:
+            self._settled = (line, self.folder.generation)
         # The scan that opened this round is still current unless the round wrote to the folder.
         self._set_next_message(current=opened)
 
@@ -448,8 +460,9 @@ class FileSynchronizer(threading.Thread):
 
     # ------------------------------------------------------------ bringing the folder up to date
 
-    def _bring_up_to_date(self, listing: Listing) -> None:
-        """Decide for every path (`sync.plan`) and act: fetch, stamp, trash, keep aside."""
+    def _bring_up_to_date(self, listing: Listing) -> bool:
+        """Decide for every path (`sync.plan`) and act: fetch, stamp, trash, keep
+        aside. Whether there was anything to do (done or not)."""
         rules = self.folder.rules
         remote: dict[str, DirectoryEntry] = {}
         for name, listed in listing.files.items():
@@ -508,9 +521,9 @@ class FileSynchronizer(threading.Thread):
             wrote = True
         wrote |= self._apply_deletions(trash)
         self.folder.prune_partials({e.sha256 for _, e in todo if e.sha256 is not None})
-        self._expire_old()
         if wrote:
             self._rescan.set()  # this round wrote to the folder (its own events may still be on the way)
+        return wrote or bool(todo or trash)
 
     def _keep_aside(self, path: str, mine: LocalFile, why: str) -> bool:
         aside = conflict_name(path, mine.mtime, self.folder.peer_id)
