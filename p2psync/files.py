@@ -699,27 +699,34 @@ class Folder:
                 tried = link_new_files(dir_fd, batch)
         except (OSError, UnsafeName):
             return  # the one by one way meets the trouble and says what it is
+        installed = []
         for item, i, inode in zip(items, indexes, tried, strict=False):
             if inode > 0:
                 done[i] = True
                 key = (len(item.data), item.mtime * 1_000_000_000, inode)
-                self._installed(item.name, key, sync_mode(item.mode), item.sha256, item.mtime, item.vector)
+                installed.append((item.name, key, sync_mode(item.mode), item.sha256, item.mtime, item.vector))
+        self._installed(installed)  # one index transaction per batch
 
-    def _installed(self, path: str, key: Key, mode: int, sha256: str | None, mtime: int, vector: Vector) -> None:
-        """A verified download is in place: its hash is known (never read again)
-        and, for a p2psync source, it is the version agreed on with the network."""
-        with self._lock:
-            if sha256 is not None:
+    def _installed(self, installed: Iterable[tuple[str, Key, int, str | None, int, Vector]]) -> None:
+        """Verified downloads `(path, key, mode, sha256, mtime, vector)` are in place:
+        their hashes are known (never read again) and, from p2psync sources, they
+        are the versions agreed on with the network."""
+        rows, untomb = [], []
+        for path, key, mode, sha256, mtime, vector in installed:
+            if sha256 is None:
+                continue
+            with self._lock:
                 self._hashes[key] = sha256
-        if sha256 is None:
-            return
-        version = Version(mtime, key[0], sha256, mode, vector)
-        row = IndexRow(path, key[0], key[1], mode, key[2], sha256, vector, version)
-        self._rows[path] = row
-        self._last[path] = LocalFile(path, mtime, key[0], sha256, key[1], key[2], mode, vector)
-        self.generation += 1
-        untomb = [path] if self._own_deletions.pop(path, None) else []
-        self.index.update([row], untombstoned=untomb)
+            version = Version(mtime, key[0], sha256, mode, vector)
+            row = IndexRow(path, key[0], key[1], mode, key[2], sha256, vector, version)
+            rows.append(row)
+            self._rows[path] = row
+            self._last[path] = LocalFile(path, mtime, key[0], sha256, key[1], key[2], mode, vector)
+            if self._own_deletions.pop(path, None):
+                untomb.append(path)
+        if rows:
+            self.generation += 1
+            self.index.update(rows, untombstoned=untomb)
 
     def _check_synced(self, name: str) -> None:
         """Raise `UnsafeName` unless `name` is a path this folder syncs."""
@@ -867,7 +874,7 @@ class PartialFile:
                 return False
             os.replace(self.part_name, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._parent_fd)
             self._done = True
-        self.folder._installed(self.name, _key(installed), sync_mode(mode), self.sha256, mtime, vector)
+        self.folder._installed([(self.name, _key(installed), sync_mode(mode), self.sha256, mtime, vector)])
         return True
 
     def _may_replace(self, mtime: int) -> bool:

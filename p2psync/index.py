@@ -14,7 +14,6 @@ This module never reads the folder or parses a message.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -31,7 +30,7 @@ __all__ = ["INDEX_FILE", "Index", "IndexRow"]
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite3"
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"  # 2: vectors as PEER:N,PEER:N
 _PEER_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud from a file name
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,13 +46,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
 
 
 def _vector_text(vector: Vector) -> str:
-    return json.dumps([list(pair) for pair in vector], separators=(",", ":"))
+    """`PEER:N,PEER:N` (peer ids are letters and digits): cheaper than JSON, 10,000 rows a batch."""
+    return ",".join(f"{peer}:{n}" for peer, n in vector)
 
 
 def _vector(text: str | None) -> Vector:
     if not text:
         return ()
-    return tuple((str(peer), int(n)) for peer, n in json.loads(text))
+    pairs = (item.partition(":") for item in text.split(","))
+    return tuple((peer, int(n)) for peer, _, n in pairs)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 PEER_TIMEOUT_S = 180.0  # the classic liveness rule
 IDENTIFY_TIMEOUT_S = 30.0  # a new connection must send its first message within this
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # one Init line: room for ~80,000 file names
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # one Init line: room for ~300,000 paths with their hashes and vectors
 MAX_CONNECTIONS = 4096  # past it, new connections are closed at once (one log line each)
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # unfinished messages of all connections together
 _RECV_BYTES = 256 * 1024
