@@ -419,9 +419,10 @@ class Folder:
                 self._rows[row.path] = row
             self.index.update(rows)
 
-    def expire(self, max_age_s: float) -> None:
-        """Forget own deletions and empty the trash of what is older than `max_age_s`."""
-        cutoff = int(time.time() - max_age_s)
+    def expire(self, max_age_s: float, now: float | None = None) -> None:
+        """Forget own deletions and empty the trash of what is older than `max_age_s`
+        (a file's age in the trash: since it was moved there, its ctime)."""
+        cutoff = int((time.time() if now is None else now) - max_age_s)
         if self.index.expire_tombstones(cutoff):
             self._own_deletions = self.index.tombstones()
         trash = os.path.join(self.root, STATE_DIR, TRASH_DIR)

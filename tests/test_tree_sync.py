@@ -11,13 +11,15 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from p2psync.config import DeleteLimit, PeerSettings
-from p2psync.files import STATE_DIR, TRASH_DIR
+from p2psync.files import STATE_DIR, TRASH_DIR, Folder
+from p2psync.ignore import IgnoreRules
 from p2psync.peer import FileSynchronizer
 from p2psync.protocol import DirectoryEntry
 
@@ -421,3 +423,40 @@ def test_a_p2psync_peer_on_a_classic_tracker_reports_only_classic_names(tmp_path
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_old_trash_and_old_own_deletions_are_let_go(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "one.txt", "one")
+    write(a / "two.txt", "two")
+    tracker = start_tracker()
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(lambda: len(tree(b)) == 2, 20, "the first sync")
+    (b / "one.txt").unlink()
+    (b / "two.txt").unlink()
+    wait_until(lambda: len(trash(a)) == 2, 20, "both in a's trash")
+    pa.exit()
+    pb.exit()
+    folder = Folder(a, IgnoreRules.tree(), state=True)  # as a restarted peer opens it
+    try:
+        day = 86400
+        folder.expire(30 * day, now=time.time() + 29 * day)
+        assert len(trash(a)) == 2 and set(folder.own_deletions()) == {"one.txt", "two.txt"}  # kept, and reported
+        folder.expire(30 * day, now=time.time() + 31 * day)
+        assert trash(a) == {} and folder.own_deletions() == {}
+    finally:
+        folder.close()
+
+
+def test_watching_sees_changes_in_subfolders(tmp_path: Path, start_tracker, engine) -> None:
+    pytest.importorskip("watchdog.observers", reason="the watch extra is not installed")
+    a = tmp_path / "a"
+    write(a / "deep/er/first.txt", "first")
+    tracker = start_tracker()
+    engine(a, tracker.port, interval=3600, watch=True)  # no timed round for an hour: only the watcher
+    wait_until(lambda: "deep/er/first.txt" in tracker.directory.entries(), 20, "the first report")
+    write(a / "deep/er/new.txt", "written later, two folders down")
+    wait_until(lambda: "deep/er/new.txt" in tracker.directory.entries(), 20, "the watched change")
+    (a / "deep/new-folder").mkdir()
+    write(a / "deep/new-folder/inside.txt", "in a folder made after the watch began")
+    wait_until(lambda: "deep/new-folder/inside.txt" in tracker.directory.entries(), 20, "a new folder's file")
