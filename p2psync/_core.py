@@ -24,39 +24,23 @@ __all__ = [
 _NO_EXT = os.environ.get("P2PSYNC_NO_EXTENSIONS") == "1"  # only "1"; "0" keeps it on
 
 if TYPE_CHECKING or _NO_EXT:  # mypy reads the typed twin
-    from ._twin import (
-        MAX_LINE_BYTES,
-        RECV_BUFFER_BYTES,
-        Buffer,
-        LineSplitter,
-        link_new_files,
-        recv_to_file,
-        send_from_file,
-    )
+    from . import _twin as _chosen
 
     BACKEND = "python"
 else:
     try:
-        from ._speedups import (
-            MAX_LINE_BYTES,
-            RECV_BUFFER_BYTES,
-            Buffer,
-            LineSplitter,
-            link_new_files,
-            recv_to_file,
-            send_from_file,
-        )
+        from . import _speedups as _chosen
 
         BACKEND = "cython"
     except ImportError:  # installed without a compiler: the twin serves
-        from ._twin import (
-            MAX_LINE_BYTES,
-            RECV_BUFFER_BYTES,
-            Buffer,
-            LineSplitter,
-            link_new_files,
-            recv_to_file,
-            send_from_file,
-        )
+        from . import _twin as _chosen
 
         BACKEND = "python"
+
+MAX_LINE_BYTES = _chosen.MAX_LINE_BYTES
+RECV_BUFFER_BYTES = _chosen.RECV_BUFFER_BYTES
+Buffer = _chosen.Buffer
+LineSplitter = _chosen.LineSplitter
+link_new_files = _chosen.link_new_files
+recv_to_file = _chosen.recv_to_file
+send_from_file = _chosen.send_from_file

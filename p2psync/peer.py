@@ -480,7 +480,7 @@ class FileSynchronizer(threading.Thread):
         trash: list[tuple[str, LocalFile, Deletion]] = []
         agreed: list[tuple[str, Version]] = []
         wrote = False
-        for path in sorted(set(local) | set(remote) | (set(deleted) & set(local))):
+        for path in sorted(local.keys() | remote.keys()):
             if path in skip:
                 self._warn_once(f"clash:{path}", f"{path}: a folder here, a file on another peer; keeping the folder")
                 continue
