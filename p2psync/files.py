@@ -190,33 +190,32 @@ class Folder:
         if not folder:
             yield self._dir_fd, leaf
             return
-        fd = os.dup(self._dir_fd)
+        fd = self._step(self._dir_fd, folder.split("/")[0], create, path)
         try:
-            for part in folder.split("/"):
-                fd = self._step(fd, part, create, path)
+            for part in folder.split("/")[1:]:
+                sub = self._step(fd, part, create, path)
+                os.close(fd)
+                fd = sub
             yield fd, leaf
         finally:
             os.close(fd)
 
     @staticmethod
     def _step(fd: int, part: str, create: bool, path: str) -> int:
-        """From folder `fd` into its subfolder `part` (closing `fd`)."""
+        """A new descriptor of the subfolder `part` of folder `fd`, never through a symlink."""
         try:
             try:
-                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                return os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o777, dir_fd=fd)
-                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                return os.open(part, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise UnsafeName(f"{path!r}: {part!r} is not a folder here (a file or a symbolic link)") from None
             raise
-        finally:
-            os.close(fd)
-        return sub
 
     def _state_path(self, create: bool) -> str:
         path = os.path.join(self.root, STATE_DIR)
@@ -296,7 +295,7 @@ class Folder:
         tombstones = []
         for path in gone:
             row = self._rows.pop(path)
-            deletion = Deletion(now, row.sha256, row.vector)
+            deletion = Deletion(now, row.sha256, bump(row.vector, self.peer_id, now))
             self._own_deletions[path] = deletion
             tombstones.append((path, deletion))
             log.info("%s was deleted here; the other peers will move it to their trash", path)
@@ -437,6 +436,13 @@ class Folder:
             for name in dirs:
                 with contextlib.suppress(OSError):
                     os.rmdir(name, dir_fd=fd)
+
+    def in_trash(self, path: str, size: int | None) -> str | None:
+        """The trashed copy of `path` (as a path of the folder), if one of that size is
+        there: a file deleted and then brought back is copied from it, not fetched."""
+        trashed = f"{STATE_DIR}/{TRASH_DIR}/{path}"
+        st = self.stat(trashed) if size is not None else None
+        return trashed if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == size else None
 
     def trash_paths(self) -> list[str]:
         """What is in the trash, as relative paths of the folder (with any `.N` suffix)."""

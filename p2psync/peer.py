@@ -565,7 +565,9 @@ class FileSynchronizer(threading.Thread):
         remote: list[tuple[str, DirectoryEntry]] = []
         copied = 0
         for path, entry in todo:
-            source = by_hash.get(entry.sha256) if entry.sha256 is not None else None
+            source = None
+            if entry.sha256 is not None:  # the same bytes under another name here, or in the trash
+                source = by_hash.get(entry.sha256) or self.folder.in_trash(path, entry.size)
             if source not in (None, path) and self.folder.copy_local(source, path, entry.version(), expect[path]):
                 log.info("copied %s from %s here (same content): nothing fetched", path, source)
                 copied += 1

@@ -140,3 +140,23 @@ def test_link_new_files_stops_at_the_first_failure(impl, tmp_path: Path) -> None
     assert results[0] > 0 and results[1] == -errno.ENOENT and len(results) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
     assert impl.link_new_files(-1, [(b"x", b"", 1)]) == [-errno.EBADF]
+
+
+def test_paths_through_missing_folders_files_and_symlinks_leak_or_close_no_descriptor(
+    folder: Folder, tmp_path: Path
+) -> None:
+    """Every way a path can fail to resolve (a folder missing, a file or a symlink
+    where a folder should be) closes what it opened, once: closing a descriptor
+    twice would close whatever reused its number."""
+    dst = tmp_path / "dst"
+    (dst / "real").mkdir()
+    (dst / "real/file.txt").write_text("x")
+    (dst / "afile").write_text("x")
+    os.symlink(tmp_path, dst / "link")
+    before = sorted(os.listdir("/proc/self/fd"))
+    for path in ("missing/a/b.txt", "real/missing/b.txt", "afile/b.txt", "link/b.txt", "real/file.txt/x"):
+        assert folder.stat(path) is None
+        with pytest.raises((OSError, UnsafeName)):
+            folder.open_for_serving(path)
+    assert folder.stat("real/file.txt") is not None
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -47,7 +47,10 @@ def v(mtime: int, sha: str = A, **vector: int) -> Version:
         (v(7, C, P=2), v(5, P=1), v(7, B, P=1, Q=2), (), Action.NOTHING),
         (v(5, B, P=1), None, v(9, C, Q=1), (), Action.CONFLICT),  # made apart, never agreed: kept aside
         (v(5, P=1), None, v(9, P=1), (), Action.STAMP),  # the same bytes, newer stamp: no transfer
-        (None, v(5, P=1), v(5, P=1), (), Action.NOTHING),  # deleted here: the tombstone goes out
+        (None, v(5, P=1), v(5, P=1), (Deletion(6, A, (("P", 6),)),), Action.NOTHING),  # deleted here: our tombstone
+        (None, v(5, P=2), v(5, B, P=1), (), Action.NOTHING),  # an older version than the one deleted here
+        (None, v(5, P=1), v(5, P=1), (), Action.FETCH),  # a tracker that lost the deletion: back, never lost
+        (None, v(5, P=1), v(7, P=6, Q=9), (Deletion(6, A, (("P", 6),)),), Action.FETCH),  # made after: back
         (None, v(5, P=1), v(9, B, P=1, Q=2), (), Action.FETCH),  # deleted here, edited there: the edit wins
         (v(5, P=1), v(5, P=1), None, (Deletion(6, A),), Action.TRASH),  # deleted there
         (v(5, P=1), v(5, P=1), v(5, P=1), (Deletion(6, A),), Action.TRASH),  # ... still listed by a straggler
@@ -125,25 +128,38 @@ class Swarm:
         self.peers = [ModelPeer(f"P{i}") for i in range(peers)]
         self.clock = 1000
         self.shas = (f"{n:064x}" for n in itertools.count(1))
-        self.parent: dict[str, str | None] = {}  # version sha -> the version it was edited from
+        self.replaced: set[str] = set()  # versions a later edit on the same peer replaced
         self.written: set[str] = set()
         self.deleted: set[str] = set()  # versions a user deleted
+        self.last_deleted: dict[str, str] = {}
 
     def tick(self) -> int:
         self.clock += 1
         return self.clock
 
     def edit(self, peer: ModelPeer, path: str) -> None:
-        old = peer.files.get(path)
-        sha = next(self.shas)
-        self.parent[sha] = old.sha256 if old else None
+        self._write(peer, path, next(self.shas))
+
+    def restore(self, peer: ModelPeer, path: str) -> None:
+        """Bring back the bytes last deleted at `path` (from a backup): a new version."""
+        if path in self.last_deleted:
+            self._write(peer, path, self.last_deleted[path])
+
+    def _write(self, peer: ModelPeer, path: str, sha: str) -> None:
+        # What a real scan starts the new version's vector from: the file there, or
+        # what the last scan saw (an edit after a deletion it never saw), or its tombstone.
+        old = peer.files.get(path) or peer.reported.get(path) or peer.tombstones.get(path)
         self.written.add(sha)
         now = self.tick()  # a new version: the scan bumps this peer's counter in its vector
         peer.files[path] = Version(now, 1, sha, vector=bump(old.vector if old else (), peer.name, now))
+        if isinstance(old, Version) and old.sha256 != sha:
+            self.replaced.add(old.sha256 or "")  # the user's own edit replaced it
 
     def delete(self, peer: ModelPeer, path: str) -> None:
         if path in peer.files:
-            self.deleted.add(peer.files.pop(path).sha256 or "")
+            gone = peer.files.pop(path).sha256 or ""
+            self.deleted.add(gone)
+            self.last_deleted[path] = gone
 
     def listing(self) -> tuple[dict[str, Version], dict[str, list[Deletion]]]:
         deleted: dict[str, list[Deletion]] = {}
@@ -164,7 +180,8 @@ class Swarm:
         acted = False
         for path, was in list(peer.base.items()):  # the scan: what is gone since we agreed
             if path not in peer.files and (path not in peer.tombstones or peer.tombstones[path].sha256 != was.sha256):
-                peer.tombstones[path] = Deletion(self.tick(), was.sha256, was.vector)
+                now = self.tick()
+                peer.tombstones[path] = Deletion(now, was.sha256, bump(was.vector, peer.name, now))
                 acted = True  # reported: the others have something new to act on
         for path in list(peer.tombstones):
             if path in peer.files:
@@ -198,7 +215,8 @@ class Swarm:
 
 PATHS = ["a", "b", "d/c"]
 OPS = st.lists(
-    st.tuples(st.sampled_from(["edit", "delete", "sync"]), st.integers(0, 2), st.sampled_from(PATHS)), max_size=60
+    st.tuples(st.sampled_from(["edit", "delete", "restore", "sync"]), st.integers(0, 2), st.sampled_from(PATHS)),
+    max_size=60,
 )
 
 
@@ -212,6 +230,8 @@ def test_any_interleaving_converges_and_loses_nothing(ops: list[tuple[str, int, 
             swarm.edit(peer, path)
         elif op == "delete":
             swarm.delete(peer, path)
+        elif op == "restore":
+            swarm.restore(peer, path)
         else:
             swarm.round(peer)
     for _ in range(12):  # everyone online again: rounds until nothing moves
@@ -223,6 +243,6 @@ def test_any_interleaving_converges_and_loses_nothing(ops: list[tuple[str, int, 
     assert all(tree == trees[0] for tree in trees), trees
     # Every version that no later edit replaced and no user deleted is still somewhere:
     # current under its name, a conflict copy, or in a trash.
-    superseded = {p for p in swarm.parent.values() if p} | swarm.deleted
+    superseded = swarm.replaced | swarm.deleted
     kept = {x.sha256 for peer in swarm.peers for x in [*peer.files.values(), *peer.trash]}
     assert swarm.written - superseded <= kept

@@ -460,3 +460,20 @@ def test_watching_sees_changes_in_subfolders(tmp_path: Path, start_tracker, engi
     (a / "deep/new-folder").mkdir()
     write(a / "deep/new-folder/inside.txt", "in a folder made after the watch began")
     wait_until(lambda: "deep/new-folder/inside.txt" in tracker.directory.entries(), 20, "a new folder's file")
+
+
+def test_a_file_brought_back_is_copied_from_the_trash(tmp_path: Path, start_tracker, engine, caplog) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = os.urandom(300_000)
+    write(a / "photos/cat.jpg", data)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    engine(b, tracker.port)
+    wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the first sync")
+    (a / "photos/cat.jpg").unlink()
+    wait_until(lambda: trash(b) == {"photos/cat.jpg": data}, 20, "the deletion at b")
+    with caplog.at_level(logging.INFO, "p2psync.peer"):
+        write(a / "photos/cat.jpg", data)  # brought back from a backup: a new version, the same bytes
+        wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the file back at b")
+    assert (b / "photos/cat.jpg").read_bytes() == data
+    assert any("copied photos/cat.jpg from .p2psync/trash/photos/cat.jpg" in r.getMessage() for r in caplog.records)

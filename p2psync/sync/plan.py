@@ -38,8 +38,10 @@ def plan(
     deletions = tuple(deleted)
     live = remote if remote is not None and not any(d.kills(remote) for d in deletions) else None
     if local is None:
-        if live is None or (base is not None and (base.same_content(live) or base.replaces(live))):
-            return Action.NOTHING  # gone everywhere, or deleted here: the tombstone goes out
+        if live is None or (base is not None and base.replaces(live)):
+            # Gone everywhere, or an older version than one deleted here. (The version
+            # deleted here is killed by this peer's own tombstone, which the tracker lists.)
+            return Action.NOTHING
         return Action.FETCH
     if live is None:
         if any(d.kills(local) for d in deletions):

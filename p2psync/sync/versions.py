@@ -96,8 +96,9 @@ def pick(versions: Iterable[Version]) -> Version | None:
 
 @dataclass(frozen=True)
 class Deletion:
-    """A peer deleted the version `sha256` (with `vector`) of a file at `time`
-    (its clock, whole seconds)."""
+    """A peer deleted the version `sha256` of a file at `time` (its clock, whole
+    seconds); `vector` is that version's, bumped for the deleting peer (`bump`),
+    so what is made after seeing the deletion covers it."""
 
     time: int
     sha256: str | None = None
@@ -105,12 +106,15 @@ class Deletion:
 
     def kills(self, version: Version) -> bool:
         """Whether `version` is the one deleted, or one it was made from. With
-        vectors: the deleted version's vector covers it. Without (a classic
-        peer's file): no newer than the deletion, and the same bytes when both
-        hashes are known. Any other version is an edit, and an edit wins over a
-        deletion."""
-        if version.mtime <= self.time and self.sha256 is not None and self.sha256 == version.sha256:
-            return True  # these very bytes, however they got here
+        vectors: a version made after seeing the deletion (its vector covers the
+        deletion's: a file brought back) lives; one the deletion's vector covers
+        is dead, and so are the very bytes deleted, no newer than the deletion,
+        however they got elsewhere. Without vectors (a classic peer's file): no
+        newer than the deletion, and the same bytes when both hashes are known.
+        Any other version is an edit, and an edit wins over a deletion."""
+        same_bytes = version.mtime <= self.time and self.sha256 is not None and self.sha256 == version.sha256
         if self.vector and version.vector:
-            return covers(self.vector, version.vector)
-        return version.mtime <= self.time and (self.sha256 is None or version.sha256 is None)
+            if version.vector != self.vector and covers(version.vector, self.vector):
+                return False
+            return covers(self.vector, version.vector) or same_bytes
+        return same_bytes or (version.mtime <= self.time and (self.sha256 is None or version.sha256 is None))
