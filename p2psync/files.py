@@ -24,6 +24,7 @@ import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -167,12 +168,15 @@ class Folder:
         # (size, mtime_ns, inode) -> sha256: an unchanged file is never re-read, across restarts too.
         self._hashes: dict[Key, str] = {row.key: row.sha256 for row in self._rows.values()}
         self._last: dict[str, LocalFile] = self._from_rows()  # the previous scan (first: the index's)
+        self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
         # Whether downloads can start as anonymous files here: None until tried.
         self._anonymous_ok: bool | None = None if _O_TMPFILE else False
 
     def close(self) -> None:
         """Close the index and the folder's descriptor; a second call does nothing."""
+        with contextlib.suppress(sqlite3.Error):
+            self.flush()
         self.index.close()
         fd, self._dir_fd = self._dir_fd, -1
         if fd >= 0:
@@ -712,13 +716,13 @@ class Folder:
                 done[i] = True
                 key = (len(item.data), item.mtime * 1_000_000_000, inode)
                 installed.append((item.name, key, sync_mode(item.mode), item.sha256, item.mtime, item.vector))
-        self._installed(installed)  # one index transaction per batch
+        self._installed(installed)
 
     def _installed(self, installed: Iterable[tuple[str, Key, int, str | None, int, Vector]]) -> None:
         """Verified downloads `(path, key, mode, sha256, mtime, vector)` are in place:
         their hashes are known (never read again) and, from p2psync sources, they
         are the versions agreed on with the network."""
-        rows, untomb = [], []
+        rows = []
         for path, key, mode, sha256, mtime, vector in installed:
             if sha256 is None:
                 continue
@@ -729,11 +733,20 @@ class Folder:
             rows.append(row)
             self._rows[path] = row
             self._last[path] = LocalFile(path, mtime, key[0], sha256, key[1], key[2], mode, vector)
-            if self._own_deletions.pop(path, None):
-                untomb.append(path)
+            self._own_deletions.pop(path, None)
         if rows:
-            self.generation += 1
-            self.index.update(rows, untombstoned=untomb)
+            with self._lock:
+                self.generation += 1
+                self._unwritten += rows
+
+    def flush(self) -> None:
+        """Write what downloads installed to the index, in one transaction. Until
+        then a kill loses only the index's note of them: the next scan finds the
+        files, and the same bytes as the network's are never a conflict."""
+        with self._lock:
+            rows, self._unwritten = self._unwritten, []
+        if rows:
+            self.index.update(rows, untombstoned=[row.path for row in rows])
 
     def _check_synced(self, name: str) -> None:
         """Raise `UnsafeName` unless `name` is a path this folder syncs."""

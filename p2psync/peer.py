@@ -562,18 +562,23 @@ class FileSynchronizer(threading.Thread):
         """Fetch what the round wants, copying locally what the folder already holds
         under another name (a rename or a copy elsewhere is not sent again)."""
         by_hash = {f.sha256: f.name for f in self._local.values()}
+        trashed = set(self.folder.trash_paths())  # one walk of the trash, not a look per file
         remote: list[tuple[str, DirectoryEntry]] = []
         copied = 0
         for path, entry in todo:
             source = None
             if entry.sha256 is not None:  # the same bytes under another name here, or in the trash
-                source = by_hash.get(entry.sha256) or self.folder.in_trash(path, entry.size)
+                source = by_hash.get(entry.sha256) or (
+                    self.folder.in_trash(path, entry.size) if path in trashed else None
+                )
             if source not in (None, path) and self.folder.copy_local(source, path, entry.version(), expect[path]):
                 log.info("copied %s from %s here (same content): nothing fetched", path, source)
                 copied += 1
                 continue
             remote.append((path, entry))
-        return copied + (self._fetcher.fetch_all(remote, expect=expect) if remote else 0)
+        fetched = self._fetcher.fetch_all(remote, expect=expect) if remote else 0
+        self.folder.flush()  # what the downloads installed goes into the index in one transaction
+        return copied + fetched
 
     def _expire_old(self) -> None:
         now = time.monotonic()

@@ -467,9 +467,13 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
         for pair in raw_vector:
             if not (type(pair) is list and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is int):
                 return None
-            if not (0 <= pair[1] < 2**63 and _PEER_ID.match(pair[0])):
+            peer = pair[0]
+            if not (0 <= pair[1] < 2**63 and 0 < len(peer) <= 16 and peer.isascii() and peer.isalnum()):
                 return None
-        vector = tuple(sorted(dict((p[0], p[1]) for p in raw_vector).items()))
+        if len(raw_vector) == 1:  # the usual case: one peer ever changed the file
+            vector = ((raw_vector[0][0], raw_vector[0][1]),)
+        else:
+            vector = tuple(sorted(dict((p[0], p[1]) for p in raw_vector).items()))
     if mode is not None:
         mode &= 0o777
     if listed is None:
