@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from p2psync.errors import ProtocolError, TransferError, UnsafeName
 from p2psync.paths import safe_name, safe_path
 from p2psync.protocol import (
+    FEATURES,
     MAX_WAIT_S,
     DirectoryEntry,
     FileInfo,
     FileRequest,
     PeerMessage,
     decode_directory,
+    decode_listing,
     decode_peer_message,
     decode_reply,
     decode_request,
@@ -25,9 +27,11 @@ from p2psync.protocol import (
     encode_header,
     encode_init,
     encode_keepalive,
+    encode_listing,
     encode_refusal,
     encode_request,
 )
+from p2psync.sync import Deletion
 
 SHA = "ab" * 32
 
@@ -261,3 +265,68 @@ def test_long_poll_keepalive_bytes() -> None:
     for bad in (0, -1, MAX_WAIT_S + 1):
         with pytest.raises(ValueError):
             encode_keepalive(8001, wait=bad)
+
+
+_KEYS = ["p2psync", "files", "deleted", "features", "vector", "mode", "ip", "port", "mtime", "sha256", "a/b.txt"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(_KEYS), json_values, max_size=5),
+    st.dictionaries(st.sampled_from(_KEYS), json_values, max_size=5),
+)
+def test_any_listing_gives_a_listing_or_a_protocol_error(outer: dict, inner: dict) -> None:
+    """An extended reply, whatever is in it, parses to what could be used (and what
+    was skipped, named) or raises ProtocolError: never anything else."""
+    for obj in (outer, {"p2psync": 1, "files": {"x": inner, "y": outer}, "deleted": {"x": [inner]}}):
+        try:
+            listing = decode_listing(json.dumps(obj).encode())
+        except ProtocolError:
+            continue
+        assert all(isinstance(e, DirectoryEntry) for e in listing.files.values())
+        assert all(isinstance(d, Deletion) for ds in listing.deleted.values() for d in ds)
+        assert {n for n, _ in listing.skipped} | set(listing.files) | set(listing.deleted) >= set(listing.files)
+
+
+_PEER_IDS = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ23456789", min_size=1, max_size=7)
+_VECTORS = st.dictionaries(_PEER_IDS, st.integers(0, 2**62), max_size=3).map(lambda d: tuple(sorted(d.items())))
+_ENTRIES = st.builds(
+    DirectoryEntry,
+    ip=st.sampled_from(["127.0.0.1", "::1", "10.0.0.2"]),
+    port=st.integers(1, 65535),
+    mtime=st.integers(0, 2**40),
+    size=st.none() | st.integers(0, 2**50),
+    sha256=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    mode=st.none() | st.integers(0, 0o777),
+    vector=_VECTORS,
+)
+_DELETIONS = st.builds(
+    Deletion,
+    time=st.integers(0, 2**40),
+    sha256=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    vector=_VECTORS,
+)
+_PATHS = st.sampled_from(["a.txt", "docs/a.txt", "d/e/f.bin", "ü.txt"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_PATHS, _ENTRIES, max_size=4), st.dictionaries(_PATHS, st.lists(_DELETIONS, min_size=1, max_size=3))
+)
+def test_listings_round_trip(entries: dict, deleted: dict) -> None:
+    listing = decode_listing(encode_listing(entries, deleted, FEATURES))
+    assert listing.extended and listing.features == FEATURES and listing.skipped == ()
+    assert listing.files == entries
+    assert {p: [(d, d.vector) for d in ds] for p, ds in listing.deleted.items()} == {
+        p: [(d, d.vector) for d in ds] for p, ds in deleted.items()
+    }
+    assert all(listing.files[p].vector == e.vector for p, e in entries.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.builds(FileInfo, name=_PATHS, mtime=st.integers(0, 2**40), vector=_VECTORS), max_size=4))
+def test_inits_round_trip(files: list[FileInfo]) -> None:
+    message = decode_peer_message(encode_init(8001, files, FEATURES, [("gone.txt", Deletion(5, None, (("P", 1),)))]))
+    assert message.files == tuple(files) and message.features == FEATURES
+    assert [f.vector for f in message.files] == [f.vector for f in files]
+    assert message.deleted == (("gone.txt", Deletion(5)),) and message.deleted[0][1].vector == (("P", 1),)

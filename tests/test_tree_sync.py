@@ -477,3 +477,16 @@ def test_a_file_brought_back_is_copied_from_the_trash(tmp_path: Path, start_trac
         wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the file back at b")
     assert (b / "photos/cat.jpg").read_bytes() == data
     assert any("copied photos/cat.jpg from .p2psync/trash/photos/cat.jpg" in r.getMessage() for r in caplog.records)
+
+
+def test_the_trash_never_overwrites_an_earlier_copy(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    engine(b, tracker.port)
+    for n, text in enumerate(["first life", "second life"]):
+        write(a / "notes/n.txt", text)
+        wait_until(lambda text=text: (b / "notes/n.txt").exists() and (b / "notes/n.txt").read_text() == text, 20, text)
+        (a / "notes/n.txt").unlink()
+        wait_until(lambda n=n: len(trash(b)) == n + 1, 20, f"deletion {n + 1} at b")
+    assert trash(b) == {"notes/n.txt": b"first life", "notes/n.txt.1": b"second life"}
