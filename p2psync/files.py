@@ -28,7 +28,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -515,18 +515,25 @@ class Folder:
                 return name
         raise OSError(errno.EEXIST, f"no free name for {leaf}")
 
-    def keep_aside(self, path: str, aside: str) -> bool:
-        """Rename the file at `path` to `aside` (a conflict copy), never replacing
-        anything; it then syncs as a new file. Whether it was moved."""
+    def keep_aside(self, path: str, aside: Callable[[int], str]) -> str | None:
+        """Rename the file at `path` to a conflict copy, never replacing anything:
+        `aside(0)`, or `aside(1)`, `aside(2)`, ... while those are taken. It then
+        syncs as a new file. The name it got, or None (logged) if it could not move."""
         try:
-            with self._parent(safe_path(path)) as (dir_fd, leaf), self._parent(safe_path(aside), True) as (to_fd, to):
-                os.link(leaf, to, src_dir_fd=dir_fd, dst_dir_fd=to_fd, follow_symlinks=False)
-                os.unlink(leaf, dir_fd=dir_fd)  # a rename that cannot replace: link, then unlink
+            for n in range(1000):
+                name = safe_path(aside(n))
+                with self._parent(safe_path(path)) as (dir_fd, leaf), self._parent(name, True) as (to_fd, to):
+                    try:
+                        os.link(leaf, to, src_dir_fd=dir_fd, dst_dir_fd=to_fd, follow_symlinks=False)
+                    except FileExistsError:
+                        continue
+                    os.unlink(leaf, dir_fd=dir_fd)  # a rename that cannot replace: link, then unlink
+                self._forget(path, None)
+                return name
+            raise OSError(errno.EEXIST, "every conflict name is taken")
         except (OSError, UnsafeName) as exc:
-            log.warning("cannot keep %s aside as %s: %s", path, aside, exc)
-            return False
-        self._forget(path, None)
-        return True
+            log.warning("cannot keep %s aside as a conflict copy: %s", path, exc)
+            return None
 
     def _forget(self, path: str, deletion: Deletion | None) -> None:
         """`path` left the folder on the network's behalf: no tombstone of ours

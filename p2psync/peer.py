@@ -526,11 +526,13 @@ class FileSynchronizer(threading.Thread):
         return wrote or bool(todo or trash)
 
     def _keep_aside(self, path: str, mine: LocalFile, why: str) -> bool:
-        aside = conflict_name(path, mine.mtime, self.folder.peer_id)
-        if self.folder.keep_aside(path, aside):
+        peer = self.folder.peer_id
+        aside = self.folder.keep_aside(
+            path, lambda n: conflict_name(path, mine.mtime, peer if n == 0 else f"{peer}{n}")
+        )
+        if aside is not None:
             log.warning("conflict: %s %s; kept this peer's version as %s", path, why, aside)
-            return True
-        return False
+        return aside is not None
 
     def _apply_deletions(self, trash: list[tuple[str, LocalFile, Deletion]]) -> bool:
         """Move what the network deleted to the trash, unless the brake holds it back."""

@@ -160,3 +160,15 @@ def test_paths_through_missing_folders_files_and_symlinks_leak_or_close_no_descr
             folder.open_for_serving(path)
     assert folder.stat("real/file.txt") is not None
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_conflict_copy_never_replaces_another(folder: Folder, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    (dst / "d").mkdir()
+    (dst / "d/f.txt").write_text("second loser")
+    (dst / "d/f.conflict-0").write_text("first loser, kept earlier")
+    got = folder.keep_aside("d/f.txt", lambda n: f"d/f.conflict-{n}")
+    assert got == "d/f.conflict-1"
+    assert (dst / "d/f.conflict-0").read_text() == "first loser, kept earlier"
+    assert (dst / "d/f.conflict-1").read_text() == "second loser"
+    assert not (dst / "d/f.txt").exists()
