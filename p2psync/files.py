@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from ._core import link_new_files
-from .errors import UnsafeName
+from .errors import ConfigError, UnsafeName
 from .ignore import STATE_DIR, IgnoreRules
 from .index import Index, IndexRow
 from .paths import MAX_DEPTH, PART_SUFFIX, safe_path
@@ -157,10 +158,18 @@ class Folder:
         self._dir_fd = os.open(self.root, _DIR_FLAGS)
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._lock_fd = -1
         try:
-            self.index = Index(self._state_path(create=True)) if state else Index(None)
-        except OSError:
+            if state:
+                state_path = self._state_path(create=True)
+                self.index = Index(state_path)  # before the lock file exists on a first start: see Index
+                self._lock_fd = _lock_folder(state_path, self.root)
+            else:
+                self.index = Index(None)
+        except (OSError, ConfigError):
             os.close(self._dir_fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
             raise
         self.peer_id = self.index.peer_id()
         self._rows: dict[str, IndexRow] = self.index.rows()
@@ -178,9 +187,11 @@ class Folder:
         with contextlib.suppress(sqlite3.Error):
             self.flush()
         self.index.close()
-        fd, self._dir_fd = self._dir_fd, -1
-        if fd >= 0:
-            os.close(fd)
+        for name in ("_dir_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)  # the lock goes with its descriptor
 
     # ------------------------------------------------------------ paths
 
@@ -784,6 +795,22 @@ class Folder:
             return os.open(".", os.O_RDWR | _O_TMPFILE | _O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError:  # this filesystem cannot (EOPNOTSUPP; EISDIR on old kernels), or the
             return -1  # trouble is general, and the named way will meet it and say what it is
+
+
+def _lock_folder(state_path: str, root: str) -> int:
+    """Hold `state_path/lock` (flock, released by the kernel with the process, even
+    at kill -9) so a second p2psync on the same folder is refused, not let loose
+    on the same files and index. Raises `ConfigError` if another one holds it."""
+    fd = os.open(os.path.join(state_path, "lock"), os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another p2psync is already syncing {root}; stop it first") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _copy_range(src: int, dst: int, size: int) -> None:

@@ -90,6 +90,9 @@ class Index:
 
     def _open(self) -> sqlite3.Connection:
         fresh = self.path == ":memory:" or not os.path.exists(self.path)
+        if fresh and self.path != ":memory:" and os.path.exists(os.path.join(os.path.dirname(self.path), "lock")):
+            # The state folder was used before (its lock file is made at the first start).
+            log.warning("index %s is missing; rebuilding it from a scan", self.path)
         try:
             db = self._connect()
             if not fresh:

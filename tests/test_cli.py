@@ -210,3 +210,20 @@ def test_a_bad_setting_is_one_line_and_exit_2(env, tmp_path: Path, extra, setup,
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1] and sum("error" in line.lower() for line in lines) == 1  # one line says it
+
+
+def test_a_second_sync_of_one_folder_is_refused(run, env, tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    first = run([*P2PSYNC, "sync", str(folder), "--port", "0", "--tracker-port", str(free_port())], tmp_path)
+    first.wait_for("Ctrl-C stops")
+    second = subprocess.run(
+        [*P2PSYNC, "sync", str(folder), "--port", "0", "--tracker-port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 2
+    assert "already syncing" in second.stderr and "Traceback" not in second.stderr
+    assert first.proc.poll() is None  # the first goes on
+    assert first.interrupt() == 0

@@ -490,3 +490,26 @@ def test_the_trash_never_overwrites_an_earlier_copy(tmp_path: Path, start_tracke
         (a / "notes/n.txt").unlink()
         wait_until(lambda n=n: len(trash(b)) == n + 1, 20, f"deletion {n + 1} at b")
     assert trash(b) == {"notes/n.txt": b"first life", "notes/n.txt.1": b"second life"}
+
+
+def test_a_second_p2psync_on_one_folder_is_refused_and_a_missing_index_is_said(tmp_path: Path, caplog) -> None:
+    from p2psync.errors import ConfigError
+
+    folder = tmp_path / "f"
+    write(folder / "x.txt", "x")
+    first = Folder(folder, IgnoreRules.tree(), state=True)
+    try:
+        with pytest.raises(ConfigError, match="already syncing"):
+            Folder(folder, IgnoreRules.tree(), state=True)
+    finally:
+        first.close()
+    again = Folder(folder, IgnoreRules.tree(), state=True)  # the lock went with the first
+    again.close()
+    for name in os.listdir(folder / STATE_DIR):
+        if name.startswith("index.sqlite3"):
+            os.unlink(folder / STATE_DIR / name)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = Folder(folder, IgnoreRules.tree(), state=True)
+    assert sum("missing; rebuilding" in r.getMessage() for r in caplog.records) == 1
+    assert set(rebuilt.scan()) == {"x.txt"} and rebuilt.own_deletions() == {}
+    rebuilt.close()
