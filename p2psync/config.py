@@ -57,7 +57,7 @@ class DeleteLimit:
     def __str__(self) -> str:
         if self.count is not None:
             return str(self.count)
-        return f"{self.percent:g}%" + (f" (and more than {self.floor})" if self.floor else "")
+        return f"{self.percent:g}% of the folder" + (f", once more than {self.floor} files" if self.floor else "")
 
 
 @dataclass(frozen=True)

@@ -543,7 +543,7 @@ class FileSynchronizer(threading.Thread):
         if not limit.allows(len(trash), len(self._local)):
             if self._held_back != len(trash):
                 log.warning(
-                    "not deleting %d of this folder's %d files that other peers deleted (more than the limit, %s); "
+                    "not deleting %d of this folder's %d files that other peers deleted: over the limit (%s); "
                     "to let them go, run once with --max-delete 100%% (or --max-delete %d)",
                     len(trash),
                     len(self._local),
