@@ -513,3 +513,18 @@ def test_a_second_p2psync_on_one_folder_is_refused_and_a_missing_index_is_said(t
     assert sum("missing; rebuilding" in r.getMessage() for r in caplog.records) == 1
     assert set(rebuilt.scan()) == {"x.txt"} and rebuilt.own_deletions() == {}
     rebuilt.close()
+
+
+def test_small_files_from_many_holders_all_arrive(tmp_path: Path, start_tracker, engine) -> None:
+    """More holders than fetch workers: every holder's small files are fetched in one round."""
+    tracker = start_tracker()
+    holders = [tmp_path / f"h{i}" for i in range(5)]
+    for i, folder in enumerate(holders):
+        for j in range(3):
+            write(folder / f"from-{i}/f{j}.txt", f"{i}.{j}")
+        engine(folder, tracker.port, interval=3600)
+    wait_until(lambda: len(tracker.directory) == 15, 20, "every holder's report")
+    receiver = engine(tmp_path / "r", tracker.port, interval=3600)
+    wait_until(lambda: not receiver._first_round, 20, "the receiver's first round")
+    receiver.sync()
+    assert len(tree(tmp_path / "r")) == 15
