@@ -241,6 +241,8 @@ class Fetcher:
         finally:
             for batch in batches:
                 give_back.extend(batch)
+            give_back.extend(todo)  # what was not asked for yet: no other pipeline serves this holder
+            todo.clear()
         return installed
 
     @staticmethod
