@@ -14,10 +14,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import DeleteLimit, PeerSettings
-from .directory import is_loopback
 from .errors import ConfigError
 from .peer import FileSynchronizer, bind_first_free
-from .tracker import Tracker
 from .transfer import BACKEND
 from .watching import WatchingUnavailable, require_watching
 
@@ -125,6 +123,8 @@ def _configure_logging(verbose: int, quiet: int) -> None:
 
 def _this_machine_address() -> str | None:
     """A non-loopback address of this machine from its own name, or None. Sends nothing."""
+    from .directory import is_loopback
+
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
@@ -155,6 +155,8 @@ def _wait_for_interrupt(*threads: threading.Thread) -> None:
 
 
 def _run_tracker(args: argparse.Namespace) -> int:
+    from .tracker import Tracker
+
     tracker = Tracker(args.port, args.host)
     tracker.start()
     print(f"p2psync tracker on {args.host}:{tracker.port}. Peers join with:", flush=True)
@@ -180,6 +182,8 @@ def _run_sync(args: argparse.Namespace) -> int:
     )
     tracker = None
     if args.tracker is None:
+        from .tracker import Tracker  # joining a tracker elsewhere needs none: a quicker start
+
         tracker = bind_first_free(Tracker, args.tracker_port)
         tracker.start()
         host, port = "127.0.0.1", tracker.port
@@ -214,6 +218,8 @@ def classic_tracker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("port", type=_port, help="port to listen on")
     args = parser.parse_args(argv)
     _configure_logging(0, 0)
+    from .tracker import Tracker
+
     tracker = Tracker(args.port, args.ip)
     tracker.start()
     print(f"tracker listening on {args.ip}:{tracker.port}; Ctrl-C stops it", flush=True)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 from .errors import ConfigError, UnsafeName
 from .paths import CLASSIC_IGNORED_SUFFIXES, PART_SUFFIX, safe_path
@@ -37,10 +39,14 @@ class IgnoreRules:
     def __init__(self, classic: bool, patterns: Iterable[str] = ()) -> None:
         self.classic = classic
         self.patterns = tuple(patterns)
-        try:
-            self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns) if self.patterns else None
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"bad ignore pattern: {exc}") from None
+        self._spec: pathspec.GitIgnoreSpec | None = None
+        if self.patterns:
+            import pathspec  # only for a folder with patterns of its own: a quicker start for the rest
+
+            try:
+                self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"bad ignore pattern: {exc}") from None
 
     @classmethod
     def classic_rules(cls) -> IgnoreRules:
@@ -65,6 +71,8 @@ class IgnoreRules:
             return cls.tree()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
+        import pathspec
+
         for number, line in enumerate(lines, 1):
             try:
                 pathspec.GitIgnoreSpec.from_lines([line])
