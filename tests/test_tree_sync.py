@@ -4,7 +4,6 @@ ignore rules, modes, renames, races, and mixed networks with classic programs.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -419,10 +418,6 @@ def test_a_p2psync_peer_on_a_classic_tracker_reports_only_classic_names(tmp_path
     names = {f["name"] for line in seen for f in json.loads(line).get("files", [])}
     assert names == {"flat.txt"}
     assert all("deleted" not in json.loads(line) for line in seen)  # no tombstones for a classic tracker
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_old_trash_and_old_own_deletions_are_let_go(tmp_path: Path, start_tracker, engine) -> None:
