@@ -59,6 +59,10 @@ def test_the_local_part_of_a_round_of_an_unchanged_folder(benchmark, tracker: Tr
             (folder / f"{folder.name}-{i:05}.dat").write_bytes(b"x")
         peers[watch] = _peer(folder, tracker, interval=3600, watch=watch)  # no timed rounds
     wait_until(lambda: len(tracker.directory) == 2 * FILES, 60, "both peers to report")
+    # They share the tracker, so each fetches the other's files first: measure once that is over.
+    folders = [tmp_path / "watched", tmp_path / "polled"]
+    wait_until(lambda: all(len(os.listdir(f)) >= 2 * FILES for f in folders), 120, "both peers in sync")
+    wait_until(lambda: all(len(p._local) == 2 * FILES for p in peers.values()), 60, "both peers to report it")
     wait_until(lambda: not peers[True]._rescan.is_set(), 10, "the watched peer's events to settle")
     times: dict[bool, list[float]] = {True: [], False: []}
 
