@@ -134,6 +134,13 @@ def _hash_fd(fd: int) -> str:
     return hasher.hexdigest()
 
 
+def _local_file(row: IndexRow) -> LocalFile:
+    """The file an index row describes, as a scan would have seen it."""
+    return LocalFile(
+        row.path, row.mtime_ns // 1_000_000_000, row.size, row.sha256, row.mtime_ns, row.inode, row.mode, row.vector
+    )
+
+
 def _key(st: os.stat_result) -> Key:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
@@ -277,10 +284,10 @@ class Folder:
             else:
                 since = row.vector if row is not None else self._own_deletions.get(path, Deletion(0)).vector
                 vector = bump(since, self.peer_id, now)
-            local = LocalFile(path, st.st_mtime_ns // 1_000_000_000, st.st_size, digest, st.st_mtime_ns, st.st_ino)
-            found[path] = local = replace(local, mode=mode, vector=vector)
             base = row.base if row is not None else None
-            new_rows.append(IndexRow(path, local.size, local.mtime_ns, mode, local.inode, digest, vector, base))
+            new = IndexRow(path, st.st_size, st.st_mtime_ns, mode, st.st_ino, digest, vector, base)
+            new_rows.append(new)
+            found[path] = _local_file(new)
         missing = [path for path in rows if path not in found]
         gone = [p for p in missing if self.rules.syncs(p) and not any(p.startswith(u) for u in unreadable)]
         ignored = [p for p in missing if not self.rules.syncs(p)]  # newly ignored: local now, not deleted
@@ -295,10 +302,7 @@ class Folder:
 
     def _from_rows(self) -> dict[str, LocalFile]:
         """The first scan's "last scan": the index, so a restart rehashes nothing."""
-        return {
-            p: LocalFile(p, r.mtime_ns // 1_000_000_000, r.size, r.sha256, r.mtime_ns, r.inode, r.mode, r.vector)
-            for p, r in self._rows.items()
-        }
+        return {p: _local_file(r) for p, r in self._rows.items()}
 
     def _record_scan(
         self, rows: list[IndexRow], gone: list[str], ignored: list[str], found: dict[str, LocalFile], now: int
@@ -750,7 +754,7 @@ class Folder:
             row = IndexRow(path, key[0], key[1], mode, key[2], sha256, vector, version)
             rows.append(row)
             self._rows[path] = row
-            self._last[path] = LocalFile(path, mtime, key[0], sha256, key[1], key[2], mode, vector)
+            self._last[path] = _local_file(row)
             self._own_deletions.pop(path, None)
         if rows:
             with self._lock:

@@ -433,9 +433,8 @@ class FileSynchronizer(threading.Thread):
             self._rescan.clear()  # before the scan: a change during it sets it again
             self._local = self.folder.scan()
             self._last_scan = time.monotonic()
-        report = self._report_now() if self.folder.generation != self._report_generation else self._report
-        if report != self._report or self._report_generation != self.folder.generation:
-            self._report, self._report_generation = report, self.folder.generation
+        if self.folder.generation != self._report_generation:  # rebuild the report only after a change
+            self._report, self._report_generation = self._report_now(), self.folder.generation
         if self._reported != (self._report, self._declare):
             self.msg = self._encode_report(self._report)
             self._msg_waits = False
@@ -489,20 +488,21 @@ class FileSynchronizer(threading.Thread):
             if path in move_aside and mine is not None:
                 wrote |= self._keep_aside(path, mine, "a folder of that name on another peer")
                 continue
+            ours = mine.version() if mine is not None else None
             theirs = entry.version() if entry is not None else None
             base = self.folder.base(path) if extended or mine is not None else None
-            action = plan(mine.version() if mine else None, base, theirs, deleted.get(path, ()))
+            action = plan(ours, base, theirs, deleted.get(path, ()))
             if action is Action.NOTHING:
-                if mine is not None and theirs is not None and mine.version().same_content(theirs):
+                if ours is not None and theirs is not None and ours.same_content(theirs):
                     agreed.append((path, theirs))
             elif action is Action.STAMP:
-                assert mine is not None and entry is not None
+                assert mine is not None and entry is not None and theirs is not None
                 if self.folder.set_mtime(path, entry.mtime, entry.mode, expect=mine.key):
-                    agreed.append((path, entry.version()))
+                    agreed.append((path, theirs))
                     wrote = True
             elif action is Action.TRASH:
-                assert mine is not None
-                killer = next(d for d in deleted.get(path, ()) if d.kills(mine.version()))
+                assert mine is not None and ours is not None
+                killer = next(d for d in deleted.get(path, ()) if d.kills(ours))
                 trash.append((path, mine, killer))
             elif entry is not None:  # FETCH, or CONFLICT: ours aside, then theirs
                 if action is Action.CONFLICT:
