@@ -416,7 +416,7 @@ def test_random_bytes_to_a_live_tracker(start_tracker) -> None:
 
 
 def test_a_message_listing_too_many_files_is_refused(monkeypatch) -> None:
-    from p2psync import protocol
+    from p2psync.protocol import messages as protocol
 
     monkeypatch.setattr(protocol, "MAX_FILES_PER_MESSAGE", 3)
     files = [{"name": f"f{i}", "mtime": 1} for i in range(4)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import time
+from datetime import datetime, timezone
 
 __all__ = ["conflict_name", "is_conflict_copy"]
 
@@ -18,7 +18,7 @@ def conflict_name(path: str, mtime: int, peer_id: str) -> str:
     stem, dot, ext = name.rpartition(".")
     if not stem:  # no extension, or a dot file such as `.bashrc`
         stem, dot, ext = name, "", ""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(max(0, mtime)))
+    stamp = datetime.fromtimestamp(max(0, mtime), timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{peer_id}{dot}{ext}"
 
 

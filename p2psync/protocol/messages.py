@@ -1,13 +1,8 @@
-"""Sans-IO wire protocol: build and parse every message, bytes in, values out.
-
-Strategy: the classic protocol is newline-delimited JSON between peer and
-tracker, and `name\\n` -> `Content-Length: N\\n` + N bytes between peers. Every
-encoder here produces the exact bytes a classic program produces
-(`json.dumps` with default separators); p2psync's additions ride in extra JSON
-keys that classic programs ignore. Every decoder validates types and ranges
-and raises `ProtocolError` (or `UnsafeName`, `TransferError`) saying what was
-wrong; no socket, file, clock or thread is touched here.
-"""
+"""Peer <-> tracker: the newline-delimited JSON of the classic protocol (Init,
+KeepAlive, the directory) and p2psync's negotiated extensions on it (features,
+tree paths, versions, tombstones, long polls). Every encoder produces the exact
+bytes a classic program produces (`json.dumps` default separators); every
+decoder checks types and ranges and raises `ProtocolError` saying what was wrong."""
 
 from __future__ import annotations
 
@@ -18,36 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError, Refused
-from .paths import safe_path
-from .sync.versions import Deletion, Vector, Version
+from p2psync.errors import ProtocolError
+from p2psync.sync.versions import Deletion, Vector, Version
 
-__all__ = [
-    "CONTENT_LENGTH",
-    "FEATURES",
-    "MAX_FILES_PER_MESSAGE",
-    "MAX_WAIT_S",
-    "DirectoryEntry",
-    "FileInfo",
-    "FileRequest",
-    "Listing",
-    "PeerMessage",
-    "decode_directory",
-    "decode_entry",
-    "decode_listing",
-    "decode_peer_message",
-    "decode_reply",
-    "decode_request",
-    "encode_directory",
-    "encode_header",
-    "encode_init",
-    "encode_keepalive",
-    "encode_listing",
-    "encode_refusal",
-    "encode_request",
-]
+from .common import _SHA256_HEX, _shown
 
-CONTENT_LENGTH = b"Content-Length:"
 MAX_FILES_PER_MESSAGE = 1_000_000  # a bound on what one message may make us hold
 MAX_WAIT_S = 60  # longest a tracker may hold a long-poll KeepAlive's reply (well under the 180 s liveness rule)
 # What a p2psync program can do beyond the classic protocol; a peer declares the
@@ -56,11 +26,9 @@ MAX_WAIT_S = 60  # longest a tracker may hold a long-poll KeepAlive's reply (wel
 # "deleted": tombstones; "wait": long polls.
 FEATURES = ("tree", "deleted", "wait")
 EXTENDED_MARK = "p2psync"  # the key of an extended reply: never a classic entry (its value is a number)
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _PEER_ID = re.compile(r"^[0-9A-Za-z]{1,16}$")
 MAX_VECTOR = 64  # peers in one version vector: one per peer that ever changed the file
 MAX_DELETIONS_PER_PATH = 8  # deletions of different versions of one path the tracker lists
-_SHOWN_BYTES = 100  # how much of a bad message an error message quotes
 
 
 @dataclass(frozen=True)
@@ -144,11 +112,6 @@ class DirectoryEntry:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _shown(data: bytes | str) -> str:
-    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-    return repr(text[:_SHOWN_BYTES]) + ("..." if len(text) > _SHOWN_BYTES else "")
 
 
 def _line(obj: Any) -> bytes:
@@ -508,91 +471,3 @@ def _checked_entry(name: str, item: Any) -> DirectoryEntry:
         mode=_optional_mode(item, what),
         vector=_vector(item.get("vector"), what),
     )
-
-
-# ---------------------------------------------------------------- peer <-> peer
-
-
-@dataclass(frozen=True)
-class FileRequest:
-    """A request for a file: classic, or extended (a version, an offset, keep-open)."""
-
-    name: str
-    offset: int = 0
-    sha256: str | None = None  # the version asked for; always set in the extended form
-    keep_open: bool = False  # after the reply, the connection stays open for another request
-
-
-KEEP_OPEN = b"keep-open"
-
-
-def encode_request(name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False) -> bytes:
-    """A file request: classic `name\\n`, or the extended form
-    `name NUL offset NUL sha256 [NUL keep-open] \\n` (resume from `offset` of the
-    version `sha256`; keep the connection for more requests). The extended
-    form only goes to p2psync holders, those that advertise a hash.
-    Raises `UnsafeName` for a name we would never send.
-    """
-    head = safe_path(name).encode("utf-8")
-    if not offset and not keep_open:
-        return head + b"\n"
-    if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
-        raise ValueError("an extended request needs the version's sha256 and an offset >= 0")
-    tail = b"\x00" + KEEP_OPEN if keep_open else b""
-    return b"%s\x00%d\x00%s%s\n" % (head, offset, sha256.encode("ascii"), tail)
-
-
-def decode_request(line: bytes) -> FileRequest:
-    """The request in a request line (without its `\\n`).
-
-    Raises `ProtocolError` for bytes that are not UTF-8 or a malformed
-    extended request, and `UnsafeName` for a name that is not a plain file of
-    the folder.
-    """
-    head, extended, tail = line.partition(b"\x00")
-    try:
-        name = head.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
-    # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
-    name = safe_path(name.removesuffix("\r"))
-    if not extended:
-        return FileRequest(name)
-    fields = tail.split(b"\x00")
-    if (
-        len(fields) not in (2, 3)
-        or not fields[0].isdigit()
-        or len(fields[0]) > 20
-        or not _SHA256_HEX.match(fields[1].decode("ascii", "replace"))
-        or (len(fields) == 3 and fields[2] != KEEP_OPEN)
-    ):
-        raise ProtocolError(f"bad extended request (want name NUL offset NUL sha256 [NUL keep-open]): {_shown(line)}")
-    return FileRequest(name, int(fields[0]), fields[1].decode("ascii"), len(fields) == 3)
-
-
-def encode_header(size: int) -> bytes:
-    """`Content-Length: N\\n`, the reply that precedes exactly N bytes."""
-    if size < 0:
-        raise ValueError(f"negative Content-Length {size}")
-    return b"Content-Length: %d\n" % size
-
-
-def encode_refusal(reason: str) -> bytes:
-    """`Error: reason\\n`: one line that a classic client never mistakes for a header."""
-    flat = " ".join(reason.split())  # one line, whatever the reason held
-    return b"Error: " + flat.encode("utf-8", "replace")[:1000] + b"\n"
-
-
-def decode_reply(line: bytes) -> int:
-    """The N of a `Content-Length: N` reply line (without its `\\n`).
-
-    Raises `Refused` (a `TransferError`) when the holder refused (any line
-    that is not a header) and `ProtocolError` for a header whose length is not a number.
-    """
-    if not line.startswith(CONTENT_LENGTH):
-        text = line.decode("utf-8", "replace").strip()
-        raise Refused(f"holder refused: {text[:_SHOWN_BYTES]!r}")
-    value = line[len(CONTENT_LENGTH) :].strip()
-    if not value.isdigit() or len(value) > 20:
-        raise ProtocolError(f"bad Content-Length header: {_shown(line)}")
-    return int(value)

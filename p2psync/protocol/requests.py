@@ -1,0 +1,99 @@
+"""Peer <-> peer: `name\\n` -> `Content-Length: N\\n` + N bytes, or one refusal
+line; p2psync's extended request (offset, version, keep-open) rides after NULs
+that a classic name never holds. Bytes in, values out; no socket here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2psync.errors import ProtocolError, Refused
+from p2psync.paths import safe_path
+
+from .common import _SHA256_HEX, _SHOWN_BYTES, _shown
+
+CONTENT_LENGTH = b"Content-Length:"
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """A request for a file: classic, or extended (a version, an offset, keep-open)."""
+
+    name: str
+    offset: int = 0
+    sha256: str | None = None  # the version asked for; always set in the extended form
+    keep_open: bool = False  # after the reply, the connection stays open for another request
+
+
+KEEP_OPEN = b"keep-open"
+
+
+def encode_request(name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False) -> bytes:
+    """A file request: classic `name\\n`, or the extended form
+    `name NUL offset NUL sha256 [NUL keep-open] \\n` (resume from `offset` of the
+    version `sha256`; keep the connection for more requests). The extended
+    form only goes to p2psync holders, those that advertise a hash.
+    Raises `UnsafeName` for a name we would never send.
+    """
+    head = safe_path(name).encode("utf-8")
+    if not offset and not keep_open:
+        return head + b"\n"
+    if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
+        raise ValueError("an extended request needs the version's sha256 and an offset >= 0")
+    tail = b"\x00" + KEEP_OPEN if keep_open else b""
+    return b"%s\x00%d\x00%s%s\n" % (head, offset, sha256.encode("ascii"), tail)
+
+
+def decode_request(line: bytes) -> FileRequest:
+    """The request in a request line (without its `\\n`).
+
+    Raises `ProtocolError` for bytes that are not UTF-8 or a malformed
+    extended request, and `UnsafeName` for a name that is not a plain file of
+    the folder.
+    """
+    head, extended, tail = line.partition(b"\x00")
+    try:
+        name = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"request is not UTF-8: {_shown(line)}") from None
+    # Tolerate a CRLF client (telnet, netcat -C); CR is never part of a safe name.
+    name = safe_path(name.removesuffix("\r"))
+    if not extended:
+        return FileRequest(name)
+    fields = tail.split(b"\x00")
+    if (
+        len(fields) not in (2, 3)
+        or not fields[0].isdigit()
+        or len(fields[0]) > 20
+        or not _SHA256_HEX.match(fields[1].decode("ascii", "replace"))
+        or (len(fields) == 3 and fields[2] != KEEP_OPEN)
+    ):
+        raise ProtocolError(f"bad extended request (want name NUL offset NUL sha256 [NUL keep-open]): {_shown(line)}")
+    return FileRequest(name, int(fields[0]), fields[1].decode("ascii"), len(fields) == 3)
+
+
+def encode_header(size: int) -> bytes:
+    """`Content-Length: N\\n`, the reply that precedes exactly N bytes."""
+    if size < 0:
+        raise ValueError(f"negative Content-Length {size}")
+    return b"Content-Length: %d\n" % size
+
+
+def encode_refusal(reason: str) -> bytes:
+    """`Error: reason\\n`: one line that a classic client never mistakes for a header."""
+    flat = " ".join(reason.split())  # one line, whatever the reason held
+    return b"Error: " + flat.encode("utf-8", "replace")[:1000] + b"\n"
+
+
+def decode_reply(line: bytes) -> int:
+    """The N of a `Content-Length: N` reply line (without its `\\n`).
+
+    Raises `Refused` (a `TransferError`) when the holder refused (any line
+    that is not a header) and `ProtocolError` for a header whose length is not a number.
+    """
+    if not line.startswith(CONTENT_LENGTH):
+        text = line.decode("utf-8", "replace").strip()
+        raise Refused(f"holder refused: {text[:_SHOWN_BYTES]!r}")
+    value = line[len(CONTENT_LENGTH) :].strip()
+    if not value.isdigit() or len(value) > 20:
+        raise ProtocolError(f"bad Content-Length header: {_shown(line)}")
+    return int(value)
