@@ -11,8 +11,8 @@ import sys
 import threading
 
 from p2psync.deadlines import Watchdog
-from p2psync.files import Folder
-from p2psync.server import FileServer
+from p2psync.local import Folder
+from p2psync.peer.server import FileServer
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,9 +14,10 @@ from collections.abc import Sequence
 from . import __version__
 from .config import DeleteLimit, PeerSettings
 from .errors import ConfigError
-from .peer import FileSynchronizer, bind_first_free
+from .local.watching import WatchingUnavailable, require_watching
+from .net import bind_first_free, lan_address
+from .peer import FileSynchronizer
 from .transfer import BACKEND
-from .watching import WatchingUnavailable, require_watching
 
 __all__ = ["DEFAULT_TRACKER_PORT", "classic_peer_main", "classic_tracker_main", "main"]
 
@@ -121,21 +121,6 @@ def _configure_logging(verbose: int, quiet: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
 
 
-def _this_machine_address() -> str | None:
-    """A non-loopback address of this machine from its own name, or None. Sends nothing."""
-    from .directory import is_loopback
-
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
-        return None
-    for info in infos:
-        ip = str(info[4][0])
-        if not is_loopback(ip):
-            return ip
-    return None
-
-
 def _wait_for_interrupt(*threads: threading.Thread) -> None:
     """Block until Ctrl-C, SIGTERM, or one of the threads ends."""
     stop = threading.Event()
@@ -160,7 +145,7 @@ def _run_tracker(args: argparse.Namespace) -> int:
     tracker = Tracker(args.port, args.host)
     tracker.start()
     print(f"p2psync tracker on {args.host}:{tracker.port}. Peers join with:", flush=True)
-    print(f"  p2psync sync DIR --tracker {_this_machine_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+    print(f"  p2psync sync DIR --tracker {lan_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
     _wait_for_interrupt(tracker)
     tracker.exit()
     print("tracker stopped", flush=True)
@@ -198,7 +183,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
     if tracker is not None:
         print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
-        print(f"  p2psync sync DIR --tracker {_this_machine_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+        print(f"  p2psync sync DIR --tracker {lan_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
         print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}", flush=True)
     else:
         print(f"Tracker: {host}:{port}", flush=True)

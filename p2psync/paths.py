@@ -6,7 +6,7 @@ components is a plain file name that means the same on every filesystem
 different file elsewhere, is refused here before any file code sees it. The
 classic protocol syncs one flat folder: `is_classic_name` says which paths a
 classic peer could have made itself. Pure functions, no filesystem access:
-`files.py` adds the checks that need one (symlinks, regular files).
+`local/` adds the checks that need one (symlinks, regular files).
 """
 
 from __future__ import annotations

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from p2psync import _core, fetch, files, peer, server, tracker, transfer
+from p2psync import _core, transfer
+from p2psync.local import folder, partial
+from p2psync.peer import fetch, server, synchronizer
+from p2psync.tracker import loop
 
 from .conftest import CORE_NAMES
 
-USERS = (_core, fetch, files, peer, server, tracker, transfer)
+USERS = (_core, fetch, folder, partial, synchronizer, server, loop, transfer)
 
 
 def test_every_user_of_the_core_is_switched(backend: str, impl: ModuleType) -> None:
@@ -19,6 +22,6 @@ def test_every_user_of_the_core_is_switched(backend: str, impl: ModuleType) -> N
             if hasattr(module, name):
                 assert getattr(module, name) is getattr(impl, name), f"{module.__name__}.{name}"
                 switched.add(f"{module.__name__}.{name}")
-    assert {"p2psync.files.link_new_files", "p2psync.transfer.recv_to_file", "p2psync._core.Buffer"} <= switched
+    assert {"p2psync.local.folder.link_new_files", "p2psync.transfer.recv_to_file", "p2psync._core.Buffer"} <= switched
     assert len(switched) >= 12
     assert backend == {"p2psync._twin": "python", "p2psync._speedups": "cython"}[impl.__name__]

@@ -200,7 +200,7 @@ def test_overwriting_an_older_file(tmp_path: Path, make_peer) -> None:
         peer = make_peer(tmp_path, tracker.getsockname()[1])
         answered = in_thread(answer_once)
         peer.client.connect(tracker.getsockname())
-        with mock.patch("p2psync.peer.threading.Timer"):
+        with mock.patch("threading.Timer"):
             peer.sync()
         assert json.loads(answered())["files"][0]["name"] == "shared.txt"
         serving.join(5)

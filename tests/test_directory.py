@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from p2psync.directory import Directory, is_loopback
+from p2psync.net import is_loopback
 from p2psync.protocol import DirectoryEntry, FileInfo, decode_directory, decode_listing
 from p2psync.sync import Deletion
+from p2psync.tracker.directory import Directory
 
 A, B, C = ("10.0.0.1", 8001), ("10.0.0.2", 8002), ("127.0.0.1", 8003)
 SHA1, SHA2 = "1" * 64, "2" * 64

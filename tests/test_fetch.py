@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from p2psync.deadlines import Watchdog
-from p2psync.fetch import PIPELINE_BATCH, PIPELINE_BATCH_BYTES, Fetcher
-from p2psync.files import Folder
+from p2psync.local import Folder
+from p2psync.peer.fetch import PIPELINE_BATCH, PIPELINE_BATCH_BYTES, Fetcher
 from p2psync.protocol import DirectoryEntry
 
 from .holders import PipelineHolder, sha

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from p2psync.errors import UnsafeName
-from p2psync.files import Folder
+from p2psync.local import Folder
 
 from .holders import sha
 

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2psync import server as server_module
 from p2psync import transfer
-from p2psync.directory import Directory
 from p2psync.errors import ProtocolError
-from p2psync.files import STATE_DIR
+from p2psync.local import STATE_DIR
+from p2psync.peer import server as server_module
 from p2psync.protocol import decode_peer_message
+from p2psync.tracker.directory import Directory
 
 from .classic_peer import recv_line
 from .holders import Holder, info_for, sha
@@ -427,13 +427,13 @@ def test_a_message_listing_too_many_files_is_refused(monkeypatch) -> None:
 
 
 def test_an_unchanged_folder_is_not_read_again(tmp_path: Path, monkeypatch) -> None:
-    from p2psync import files
+    from p2psync.local import folder as files
 
     for i in range(20):
         (tmp_path / f"f{i}").write_bytes(os.urandom(1000))
     reads: list[int] = []
-    real = files._hash_fd
-    monkeypatch.setattr(files, "_hash_fd", lambda fd: reads.append(fd) or real(fd))
+    real = files.hash_fd
+    monkeypatch.setattr(files, "hash_fd", lambda fd: reads.append(fd) or real(fd))
     folder = files.Folder(tmp_path)
     try:
         first = folder.scan()

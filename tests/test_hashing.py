@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2psync.hashing import BACKGROUND_MIN_BYTES, BackgroundHasher, new_hasher
+from p2psync.local.hashing import BACKGROUND_MIN_BYTES, BackgroundHasher, new_hasher
 
 from .holders import Holder, info_for
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p2psync.files import STATE_DIR
+from p2psync.local import STATE_DIR
 from p2psync.peer import Buffer, FileSynchronizer
 from p2psync.tracker import Tracker
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from p2psync import cli
-from p2psync.watching import WatchingUnavailable, require_watching
+from p2psync.local.watching import WatchingUnavailable, require_watching
 
 from .classic_peer import recv_line
 from .loopback import LOOPBACK, wait_until

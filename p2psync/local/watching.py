@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .ignore import IgnoreRules
+from p2psync.ignore import IgnoreRules
 
 __all__ = ["FolderWatcher", "WatchingUnavailable", "require_watching"]
 

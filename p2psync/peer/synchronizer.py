@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-from .config import DAY_S, PeerSettings
-from .deadlines import Watchdog
-from .errors import ProtocolError
-from .fetch import Fetcher
-from .files import Folder, LocalFile, get_file_info
-from .ignore import IgnoreRules
-from .paths import is_classic_name
-from .protocol import (
+from p2psync.config import DAY_S, PeerSettings
+from p2psync.deadlines import Watchdog
+from p2psync.errors import ProtocolError
+from p2psync.ignore import IgnoreRules
+from p2psync.local import Folder, LocalFile
+from p2psync.local.watching import FolderWatcher, require_watching
+from p2psync.net import family
+from p2psync.paths import is_classic_name
+from p2psync.protocol import (
     FEATURES,
     DirectoryEntry,
     FileInfo,
@@ -41,21 +40,13 @@ from .protocol import (
     encode_init,
     encode_keepalive,
 )
-from .server import FileServer
-from .sync import Action, Deletion, Version, clashes, conflict_name, merge, plan
-from .transfer import Buffer
-from .watching import FolderWatcher, require_watching
+from p2psync.sync import Action, Deletion, Version, clashes, conflict_name, merge, plan
+from p2psync.transfer import Buffer
 
-__all__ = [
-    "Buffer",
-    "FileSynchronizer",
-    "check_port_available",
-    "get_file_info",
-    "get_next_available_port",
-    "get_next_avaliable_port",
-    "bind_first_free",
-    "main",
-]
+from .fetch import Fetcher
+from .server import FileServer
+
+__all__ = ["FileSynchronizer"]
 
 log = logging.getLogger(__name__)
 
@@ -65,52 +56,6 @@ CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of ch
 FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
 POLL_WAIT_S = 25.0  # a watching peer's KeepAlive lets the tracker hold the reply until a change, this long
 EXPIRY_INTERVAL_S = 3600.0  # how often old trash and own deletions are let go
-
-
-# ------------------------------------------------------------------ classic helpers
-
-
-def check_port_available(port: int) -> bool:
-    """Whether `port` can be bound for listening on every IPv4 address now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as our servers bind
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
-def get_next_available_port(initial: int) -> int:
-    """The first port from `initial` up that can be bound. Raises `OSError` if none."""
-    for port in range(initial, 65536):
-        if check_port_available(port):
-            return port
-    raise OSError(f"no free port from {initial} up")
-
-
-get_next_avaliable_port = get_next_available_port  # the classic spelling
-
-T = TypeVar("T")
-
-
-def bind_first_free(build: Callable[[int], T], initial: int, tries: int = 20) -> T:
-    """`build(port)` on the first free port from `initial`, retrying past ports that
-    another process took between the check and the bind."""
-    port = initial
-    for _ in range(tries):
-        port = get_next_available_port(port)
-        try:
-            return build(port)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            port += 1
-    raise OSError(errno.EADDRINUSE, f"no free port from {initial} after {tries} tries")
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # ------------------------------------------------------------------ the peer
@@ -155,7 +100,7 @@ class FileSynchronizer(threading.Thread):
         if rules is None:
             rules = IgnoreRules.classic_rules() if settings.classic else IgnoreRules.for_folder(root)
         self.folder = Folder(root, rules, state=not settings.classic)
-        self.server = socket.socket(_family(host), socket.SOCK_STREAM)
+        self.server = socket.socket(family(host), socket.SOCK_STREAM)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.server.bind((host, port))
@@ -299,7 +244,7 @@ class FileSynchronizer(threading.Thread):
     # ------------------------------------------------------------ tracker side
 
     def _new_client(self) -> socket.socket:
-        client = socket.socket(_family(self.trackerhost), socket.SOCK_STREAM)
+        client = socket.socket(family(self.trackerhost), socket.SOCK_STREAM)
         client.settimeout(TRACKER_TIMEOUT_S)
         return client
 
@@ -612,14 +557,3 @@ class FileSynchronizer(threading.Thread):
     def process_message(self, conn: socket.socket, addr: Any) -> None:
         """Serve one request on an accepted connection: `name\\n` -> header + bytes."""
         self._file_server.serve(conn, addr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The classic command line: `python -m p2psync.peer TRACKER_IP TRACKER_PORT`."""
-    from .cli import classic_peer_main  # the CLI module owns process set-up and Ctrl-C
-
-    return classic_peer_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

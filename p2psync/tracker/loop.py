@@ -14,17 +14,18 @@ import contextlib
 import logging
 import selectors
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from .directory import Directory, PeerKey, is_loopback
-from .errors import P2PSyncError, UnsafeName
-from .paths import safe_path
-from .protocol import FileInfo, decode_peer_message
-from .sync.versions import Deletion
-from .transfer import LineSplitter
+from p2psync.errors import P2PSyncError, UnsafeName
+from p2psync.net import is_loopback
+from p2psync.paths import safe_path
+from p2psync.protocol import FileInfo, decode_peer_message
+from p2psync.sync.versions import Deletion
+from p2psync.transfer import LineSplitter
+
+from .directory import Directory, PeerKey
 
 __all__ = [
     "IDENTIFY_TIMEOUT_S",
@@ -33,7 +34,6 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "PEER_TIMEOUT_S",
     "Tracker",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -353,14 +353,3 @@ class Tracker(threading.Thread):
         self._selector.close()
         for sock in (self.server, self._wake_r, self._wake_w):
             sock.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The classic command line: `python -m p2psync.tracker IP PORT`."""
-    from .cli import classic_tracker_main  # the CLI module owns process set-up and Ctrl-C
-
-    return classic_tracker_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

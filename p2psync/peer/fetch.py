@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .deadlines import Watchdog
-from .errors import P2PSyncError, Refused, TransferError
-from .files import ANY, Folder, Install, PartialFile
-from .hashing import BackgroundHasher, new_hasher
-from .protocol import DirectoryEntry, decode_reply, encode_request
-from .transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
+from p2psync.deadlines import Watchdog
+from p2psync.errors import P2PSyncError, Refused, TransferError
+from p2psync.local import ANY, Folder, Install, PartialFile
+from p2psync.local.hashing import BackgroundHasher, new_hasher
+from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
+from p2psync.transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
 

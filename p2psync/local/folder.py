@@ -12,17 +12,16 @@ if the file there is still the one the decision looked at (compare and swap):
 a reader sees the old file or the new one, never half of either, and a local
 edit racing a download is never overwritten. Nothing is ever deleted: a
 deletion from the network moves the file into `.p2psync/trash/`, a conflict
-keeps the losing version beside the winner. The index (`index.py`) is the
+keeps the losing version beside the winner. The index (`index`) is the
 scan's hash cache and remembers versions and this peer's own deletions. This
-module never parses a message.
+module never parses a message. `fileops` holds the descriptor-level helpers,
+`partial` a download in progress, `lock` the one-p2psync-per-folder rule.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import logging
 import os
 import sqlite3
@@ -33,41 +32,48 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from ._core import link_new_files
-from .errors import ConfigError, UnsafeName
-from .ignore import STATE_DIR, IgnoreRules
-from .index import Index, IndexRow
-from .paths import MAX_DEPTH, PART_SUFFIX, safe_path
-from .protocol import FileInfo
-from .sync.versions import Deletion, Vector, Version, bump, merge
+from p2psync._core import link_new_files
+from p2psync.errors import ConfigError, UnsafeName
+from p2psync.ignore import STATE_DIR, IgnoreRules
+from p2psync.paths import MAX_DEPTH, safe_path
+from p2psync.protocol import FileInfo
+from p2psync.sync.versions import Deletion, Vector, Version, bump, merge
 
-__all__ = ["ANY", "STATE_DIR", "TRASH_DIR", "Folder", "Install", "LocalFile", "PartialFile", "get_file_info"]
+from .fileops import (
+    ANY,
+    DEFAULT_MODE,
+    DIR_FLAGS,
+    MODE_BITS,
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_TMPFILE,
+    Key,
+    copy_range,
+    file_key,
+    hash_fd,
+    sync_mode,
+    write_all,
+)
+from .index import Index, IndexRow
+from .lock import lock_folder
+from .partial import PARTIAL_SUFFIX, PartialFile
+
+__all__ = [
+    "ANY",
+    "DEFAULT_MODE",
+    "STATE_DIR",
+    "TRASH_DIR",
+    "Folder",
+    "Install",
+    "LocalFile",
+    "PartialFile",
+    "get_file_info",
+    "sync_mode",
+]
 
 log = logging.getLogger(__name__)
 
-_HASH_CHUNK_BYTES = 1 << 20
 TRASH_DIR = "trash"  # in STATE_DIR: files the network deleted, under their relative path
-_PARTIAL_SUFFIX = ".partial"
-_RESERVE_MIN_BYTES = 1 << 20  # below this, allocating ahead costs a syscall and saves nothing
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
-_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
-_MODE_BITS = 0o777  # permission bits that sync; never setuid, setgid or sticky
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: the umask can only be read by setting it
-DEFAULT_MODE = 0o666 & ~_UMASK  # what a classic holder's file gets: what a new file here would
-
-Key = tuple[int, int, int]  # size, mtime_ns, inode: a file unchanged since it was hashed
-
-
-class _Any:
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-ANY: Any = _Any()  # `expect` for installs under the classic rule: replace only an older file
 
 
 @dataclass(frozen=True)
@@ -120,35 +126,11 @@ def get_file_info() -> list[dict[str, Any]]:
     return files
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    with memoryview(data) as view:
-        while view:
-            view = view[os.write(fd, view) :]
-
-
-def _hash_fd(fd: int) -> str:
-    hasher = hashlib.sha256()
-    with open(fd, "rb", buffering=0, closefd=False) as file:
-        while chunk := file.read(_HASH_CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _local_file(row: IndexRow) -> LocalFile:
     """The file an index row describes, as a scan would have seen it."""
     return LocalFile(
         row.path, row.mtime_ns // 1_000_000_000, row.size, row.sha256, row.mtime_ns, row.inode, row.mode, row.vector
     )
-
-
-def _key(st: os.stat_result) -> Key:
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def sync_mode(mode: int | None) -> int:
-    """The permission bits a file gets: the source's, less setuid, setgid and sticky;
-    a classic source's file gets what a new file here would (0666 less the umask)."""
-    return DEFAULT_MODE if mode is None else mode & _MODE_BITS
 
 
 class Folder:
@@ -162,7 +144,7 @@ class Folder:
     def __init__(self, root: str | os.PathLike[str], rules: IgnoreRules | None = None, *, state: bool = False) -> None:
         self.root = os.path.realpath(root)
         self.rules = rules or IgnoreRules.classic_rules()  # which paths sync
-        self._dir_fd = os.open(self.root, _DIR_FLAGS)
+        self._dir_fd = os.open(self.root, DIR_FLAGS)
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._lock_fd = -1
@@ -170,7 +152,7 @@ class Folder:
             if state:
                 state_path = self._state_path(create=True)
                 self.index = Index(state_path)  # before the lock file exists on a first start: see Index
-                self._lock_fd = _lock_folder(state_path, self.root)
+                self._lock_fd = lock_folder(state_path, self.root)
             else:
                 self.index = Index(None)
         except (OSError, ConfigError):
@@ -187,7 +169,7 @@ class Folder:
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
         # Whether downloads can start as anonymous files here: None until tried.
-        self._anonymous_ok: bool | None = None if _O_TMPFILE else False
+        self._anonymous_ok: bool | None = None if O_TMPFILE else False
 
     def close(self) -> None:
         """Close the index and the folder's descriptor; a second call does nothing."""
@@ -227,13 +209,13 @@ class Folder:
         """A new descriptor of the subfolder `part` of folder `fd`, never through a symlink."""
         try:
             try:
-                return os.open(part, _DIR_FLAGS, dir_fd=fd)
+                return os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o777, dir_fd=fd)
-                return os.open(part, _DIR_FLAGS, dir_fd=fd)
+                return os.open(part, DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise UnsafeName(f"{path!r}: {part!r} is not a folder here (a file or a symbolic link)") from None
@@ -269,16 +251,16 @@ class Folder:
         now = int(time.time())
         for path, st in seen:
             old = last.get(path)
-            if old is not None and old.key == _key(st) and old.mode == st.st_mode & _MODE_BITS:
+            if old is not None and old.key == file_key(st) and old.mode == st.st_mode & MODE_BITS:
                 found[path] = old
                 continue
             try:
-                digest = self._hashes.get(_key(st)) or self._hash(path, _key(st))
+                digest = self._hashes.get(file_key(st)) or self._hash(path, file_key(st))
             except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed: next round
                 log.debug("skipping %s: %s", path, exc)
                 continue
             row = rows.get(path)
-            mode = st.st_mode & _MODE_BITS
+            mode = st.st_mode & MODE_BITS
             if row is not None and row.sha256 == digest and row.mode == mode:
                 vector = row.vector  # touched, not changed
             else:
@@ -356,7 +338,7 @@ class Folder:
         unreadable: list[str],
     ) -> None:
         try:
-            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return  # removed since listed
         except OSError as exc:
@@ -382,9 +364,9 @@ class Folder:
     def _hash(self, path: str, key: Key) -> str:
         fd = self._open(path, os.O_RDONLY)
         try:
-            if _key(os.fstat(fd)) != key:
+            if file_key(os.fstat(fd)) != key:
                 raise OSError(errno.EAGAIN, "changed while being hashed")
-            digest = _hash_fd(fd)
+            digest = hash_fd(fd)
         finally:
             os.close(fd)
         with self._lock:
@@ -393,7 +375,7 @@ class Folder:
 
     def _open(self, path: str, flags: int, mode: int = 0o666, create: bool = False) -> int:
         with self._parent(path, create) as (dir_fd, leaf):
-            return os.open(leaf, flags | _O_NOFOLLOW | _O_CLOEXEC, mode, dir_fd=dir_fd)
+            return os.open(leaf, flags | O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=dir_fd)
 
     def stat(self, path: str) -> os.stat_result | None:
         """The file's stat without following a symlink, or None if it is absent."""
@@ -480,12 +462,12 @@ class Folder:
         matches. Only if it is still the file the decision saw (`expect`)."""
         with self._parent(safe_path(path)) as (dir_fd, leaf):
             try:
-                fd = os.open(leaf, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+                fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
             except OSError:
                 return False
             try:
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or (expect is not ANY and _key(st) != expect):
+                if not stat.S_ISREG(st.st_mode) or (expect is not ANY and file_key(st) != expect):
                     return False
                 if mode is not None:
                     os.fchmod(fd, sync_mode(mode))
@@ -501,7 +483,7 @@ class Folder:
         try:
             with self._parent(safe_path(path)) as (dir_fd, leaf):
                 st = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or _key(st) != expect:
+                if not stat.S_ISREG(st.st_mode) or file_key(st) != expect:
                     return False
                 with self._trash_parent(path) as (trash_fd, trash_leaf):
                     taken = self._free_name(trash_fd, trash_leaf)
@@ -585,9 +567,9 @@ class Folder:
             if not stat.S_ISREG(st.st_mode) or st.st_size != version.size:
                 return False
             with self.partial(path, version.sha256, expect=expect) as part:
-                _copy_range(src, part.fd, st.st_size)
+                copy_range(src, part.fd, st.st_size)
                 os.lseek(part.fd, 0, os.SEEK_SET)
-                if _hash_fd(part.fd) != version.sha256:  # changed since it was hashed: fetch it instead
+                if hash_fd(part.fd) != version.sha256:  # changed since it was hashed: fetch it instead
                     return False
                 return part.commit(version.mtime, version.mode, version.vector)
         except (OSError, UnsafeName) as exc:
@@ -632,8 +614,8 @@ class Folder:
             return
         try:
             for entry in os.scandir(state):
-                digest = entry.name.removesuffix(_PARTIAL_SUFFIX)
-                if entry.name.endswith(_PARTIAL_SUFFIX) and digest not in wanted:
+                digest = entry.name.removesuffix(PARTIAL_SUFFIX)
+                if entry.name.endswith(PARTIAL_SUFFIX) and digest not in wanted:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.name, dir_fd=state)
         finally:
@@ -642,7 +624,7 @@ class Folder:
     def _state_dir(self, create: bool) -> int | None:
         """A descriptor of the hidden `.p2psync` folder (never a symlink), or None."""
         try:
-            return os.open(STATE_DIR, _DIR_FLAGS, dir_fd=self._dir_fd)
+            return os.open(STATE_DIR, DIR_FLAGS, dir_fd=self._dir_fd)
         except FileNotFoundError:
             if not create:
                 return None
@@ -651,7 +633,7 @@ class Folder:
             return None
         try:
             os.mkdir(STATE_DIR, 0o700, dir_fd=self._dir_fd)
-            return os.open(STATE_DIR, _DIR_FLAGS, dir_fd=self._dir_fd)
+            return os.open(STATE_DIR, DIR_FLAGS, dir_fd=self._dir_fd)
         except OSError as exc:
             log.warning("cannot create %s/%s (%s); downloads will not be resumable", self.root, STATE_DIR, exc)
             return None
@@ -659,8 +641,8 @@ class Folder:
     def digest(self, fd: int, st: os.stat_result) -> str:
         """The SHA-256 of an open file, from the scan's cache when unchanged."""
         with self._lock:
-            cached = self._hashes.get(_key(st))
-        return cached or _hash_fd(fd)
+            cached = self._hashes.get(file_key(st))
+        return cached or hash_fd(fd)
 
     @contextlib.contextmanager
     def partial(
@@ -719,7 +701,7 @@ class Folder:
         for i, item in enumerate(items):
             if not done[i]:  # taken, failed, not tried after a failure, or a replacement
                 with self.partial(item.name, item.sha256, expect=item.expect) as part:  # raises what was wrong
-                    _write_all(part.fd, item.data)
+                    write_all(part.fd, item.data)
                     done[i] = part.commit(item.mtime, item.mode, item.vector)
         return sum(done)
 
@@ -796,192 +778,6 @@ class Folder:
     @staticmethod
     def _new_anonymous(dir_fd: int) -> int:
         try:
-            return os.open(".", os.O_RDWR | _O_TMPFILE | _O_CLOEXEC, 0o666, dir_fd=dir_fd)
+            return os.open(".", os.O_RDWR | O_TMPFILE | O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError:  # this filesystem cannot (EOPNOTSUPP; EISDIR on old kernels), or the
             return -1  # trouble is general, and the named way will meet it and say what it is
-
-
-def _lock_folder(state_path: str, root: str) -> int:
-    """Hold `state_path/lock` (flock, released by the kernel with the process, even
-    at kill -9) so a second p2psync on the same folder is refused, not let loose
-    on the same files and index. Raises `ConfigError` if another one holds it."""
-    fd = os.open(os.path.join(state_path, "lock"), os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"another p2psync is already syncing {root}; stop it first") from None
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _copy_range(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes from the start of `src` to `dst`: in the kernel where it can
-    (`copy_file_range`, which shares blocks on filesystems with reflinks)."""
-    done = 0
-    copy = getattr(os, "copy_file_range", None)
-    while done < size:
-        if copy is not None:
-            try:
-                n = copy(src, dst, size - done, done, done)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                copy = None
-                continue
-        else:
-            chunk = os.pread(src, min(_HASH_CHUNK_BYTES, size - done), done)
-            n = os.pwrite(dst, chunk, done) if chunk else 0
-        if n == 0:
-            raise OSError(errno.EIO, "source shrank while being copied")
-        done += n
-    os.lseek(dst, done, os.SEEK_SET)
-
-
-class PartialFile:
-    """A download in progress: write at `fd` (positioned at `offset`), then `commit(mtime)`."""
-
-    def __init__(self, folder: Folder, name: str, state_fd: int | None, sha256: str | None, expect: Any) -> None:
-        self.folder = folder
-        self.name = name
-        self.sha256 = sha256
-        self.expect = expect
-        self._state_fd = state_fd
-        self._anonymous = False  # an O_TMPFILE with no name yet: named only by `commit`
-        self._done = False
-        self.fd = -1
-        # The folder the file goes in, held open: the path cannot be swapped under it.
-        with folder._parent(name, create=True) as (parent_fd, self.leaf):
-            self._parent_fd = os.dup(parent_fd)
-        try:
-            if state_fd is not None and sha256 is not None:
-                self._dir_fd, self.part_name, self._keep = state_fd, sha256 + _PARTIAL_SUFFIX, True
-                self.fd = os.open(
-                    self.part_name, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600, dir_fd=state_fd
-                )
-                self.offset = os.lseek(self.fd, 0, os.SEEK_END)
-            else:
-                self._dir_fd, self.part_name, self._keep = self._parent_fd, self.leaf + PART_SUFFIX, False
-                self.fd = folder._open_anonymous(self._parent_fd)
-                self._anonymous = self.fd >= 0
-                if not self._anonymous:
-                    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_NOFOLLOW | _O_CLOEXEC
-                    self.fd = os.open(self.part_name, flags, 0o666, dir_fd=self._parent_fd)
-                self.offset = 0
-        except BaseException:
-            os.close(self._parent_fd)
-            raise
-
-    def feed_prefix(self, hasher: Any) -> None:
-        """Hash the `offset` bytes already on disk (before resuming after them)."""
-        position = 0
-        while position < self.offset:
-            chunk = os.pread(self.fd, min(_HASH_CHUNK_BYTES, self.offset - position), position)
-            if not chunk:
-                raise OSError(errno.EIO, "partial download shrank while being resumed")
-            hasher.update(chunk)
-            position += len(chunk)
-
-    def reserve(self, nbytes: int) -> None:
-        """Allocate the disk space for `nbytes` more, before they arrive: a full disk
-        fails now rather than midway, and the file is laid out in one piece
-        (measured: ~1.3x faster large receives here). Skipped for small files and
-        where the filesystem cannot do it."""
-        if nbytes < _RESERVE_MIN_BYTES or not hasattr(os, "posix_fallocate"):
-            return
-        try:
-            os.posix_fallocate(self.fd, self.offset, nbytes)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-
-    def restart(self) -> None:
-        """Throw away what was kept and start from byte 0."""
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.offset = 0
-
-    def abandon(self) -> None:
-        """These bytes are wrong (bad hash or size): delete them, never resume them."""
-        self._keep = False
-
-    def commit(self, mtime: int, mode: int | None = None, vector: Vector = ()) -> bool:
-        """Install the download as `name` with `mtime` and `mode` (see `sync_mode`),
-        atomically. The caller has verified the bytes against `sha256`, when there is one.
-
-        Returns False (and installs nothing) when the file under the name is not
-        the one `expect` allows replacing: a local edit made since the decision
-        (or, under the classic rule, a local file as new as `mtime`) is never
-        overwritten.
-        """
-        os.fchmod(self.fd, sync_mode(mode))  # a kept partial was made 0600; a classic source's gets the default
-        os.utime(self.fd, (mtime, mtime))  # before the rename: no moment with a wrong mtime
-        installed = os.fstat(self.fd)  # the rename keeps inode and mtime: the scan's cache key
-        if self._anonymous and self.expect in (ANY, None) and self._link_as(self.leaf):
-            self._done = True  # the usual case, a file new here: one link, which cannot replace anything
-        else:
-            if self._anonymous:  # the name is taken: name the download `name.part`, then as below
-                self._link_as(self.part_name, replace=True)
-                self._anonymous = False
-            os.close(self.fd)
-            self.fd = -1
-            if not self._may_replace(mtime):
-                self._keep = False
-                return False
-            os.replace(self.part_name, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._parent_fd)
-            self._done = True
-        self.folder._installed([(self.name, _key(installed), sync_mode(mode), self.sha256, mtime, vector)])
-        return True
-
-    def _may_replace(self, mtime: int) -> bool:
-        """Whether what is under the name now may be replaced (see `commit`)."""
-        try:
-            current: os.stat_result | None = os.stat(self.leaf, dir_fd=self._parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            current = None
-        if self.expect is ANY:  # the classic rule: never over a local file as new
-            return current is None or not stat.S_ISREG(current.st_mode) or current.st_mtime_ns // 10**9 < mtime
-        if current is None or not stat.S_ISREG(current.st_mode):
-            # Absent, or a symlink or other non-file, which is replaced, never followed: fine
-            # where nothing was expected; where a file was, the user moved it meanwhile.
-            return self.expect is None
-        return bool(_key(current) == self.expect)
-
-    def _link_as(self, name: str, replace: bool = False) -> bool:
-        """Give the anonymous download the name `name`; False if it is taken
-        (with `replace`, whatever holds a `.part` name is removed first: a leftover,
-        or a planted symlink, which is unlinked, never followed)."""
-        path = f"/proc/self/fd/{self.fd}"
-        try:
-            os.link(path, name, dst_dir_fd=self._parent_fd, follow_symlinks=True)
-        except FileExistsError:
-            if not replace:
-                return False
-            os.unlink(name, dir_fd=self._parent_fd)
-            os.link(path, name, dst_dir_fd=self._parent_fd, follow_symlinks=True)
-        return True
-
-    def close(self) -> None:
-        """Close; remove the partial unless committed or kept for a resume."""
-        if self.fd >= 0:
-            size = os.lseek(self.fd, 0, os.SEEK_CUR)  # what was written, whatever `reserve` allocated
-            if self._keep and not self._done and size:
-                os.ftruncate(self.fd, size)  # a kept partial's size is the offset to resume from
-            os.close(self.fd)
-            self.fd = -1
-            if self._keep and size > 0:
-                self._done = True  # kept: a later fetch of this version resumes it
-        if not self._done and not self._anonymous:  # an anonymous file vanishes with its fd
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.part_name, dir_fd=self._dir_fd)
-            self._done = True
-        if self._parent_fd >= 0:
-            os.close(self._parent_fd)
-            self._parent_fd = -1
-        if self._state_fd is not None:
-            os.close(self._state_fd)
-            self._state_fd = None
-            with contextlib.suppress(OSError):  # leave no empty state folder behind
-                os.rmdir(STATE_DIR, dir_fd=self.folder._dir_fd)

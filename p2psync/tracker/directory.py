@@ -18,15 +18,15 @@ Sans-IO: no sockets, clocks or threads.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .paths import is_classic_name
-from .protocol import FEATURES, DirectoryEntry, FileInfo, encode_directory, encode_listing
-from .sync.versions import Deletion, Version, pick
+from p2psync.net import is_loopback
+from p2psync.paths import is_classic_name
+from p2psync.protocol import FEATURES, DirectoryEntry, FileInfo, encode_directory, encode_listing
+from p2psync.sync.versions import Deletion, Version, pick
 
-__all__ = ["MAX_TOMBSTONES", "TOMBSTONE_AGE_S", "Directory", "PeerKey", "is_loopback"]
+__all__ = ["MAX_TOMBSTONES", "TOMBSTONE_AGE_S", "Directory", "PeerKey"]
 
 PeerKey = tuple[str, int]  # (ip as the tracker saw it, file-serving port)
 MAX_TOMBSTONES = 100_000  # deletions kept; past it, the oldest go first
@@ -235,13 +235,3 @@ class Directory:
             name: replace(e, ip=fix(e.ip), sources=tuple((fix(ip), port) for ip, port in e.sources))
             for name, e in self._entries.items()
         }
-
-
-def is_loopback(ip: str) -> bool:
-    """Whether `ip` is a loopback address (127.0.0.0/8, ::1, or v4-mapped loopback)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))

@@ -18,12 +18,12 @@ import socket
 import threading
 from typing import Any
 
-from . import transfer
-from .deadlines import Watchdog
-from .errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
-from .files import Folder
-from .protocol import decode_request, encode_refusal
-from .transfer import Buffer, upload
+from p2psync import transfer
+from p2psync.deadlines import Watchdog
+from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
+from p2psync.local import Folder
+from p2psync.protocol import decode_request, encode_refusal
+from p2psync.transfer import Buffer, upload
 
 __all__ = [
     "HELD_REPLY_BYTES",

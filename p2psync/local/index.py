@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .sync.versions import Deletion, Vector, Version
+from p2psync.sync.versions import Deletion, Vector, Version
 
 __all__ = ["INDEX_FILE", "Index", "IndexRow"]
 

@@ -1,0 +1,78 @@
+"""Low-level file operations the folder code shares: open flags that never
+follow a symlink, the permission bits that sync, the (size, mtime_ns, inode)
+key a file is recognised by, hashing and copying a descriptor."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from typing import Any
+
+HASH_CHUNK_BYTES = 1 << 20
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+DIR_FLAGS = os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+MODE_BITS = 0o777  # permission bits that sync; never setuid, setgid or sticky
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the umask can only be read by setting it
+DEFAULT_MODE = 0o666 & ~_UMASK  # what a classic holder's file gets: what a new file here would
+
+Key = tuple[int, int, int]  # size, mtime_ns, inode: a file unchanged since it was hashed
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Any = _Any()  # `expect` for installs under the classic rule: replace only an older file
+
+
+def file_key(st: os.stat_result) -> Key:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def sync_mode(mode: int | None) -> int:
+    """The permission bits a file gets: the source's, less setuid, setgid and sticky;
+    a classic source's file gets what a new file here would (0666 less the umask)."""
+    return DEFAULT_MODE if mode is None else mode & MODE_BITS
+
+
+def write_all(fd: int, data: bytes) -> None:
+    with memoryview(data) as view:
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def hash_fd(fd: int) -> str:
+    hasher = hashlib.sha256()
+    with open(fd, "rb", buffering=0, closefd=False) as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def copy_range(src: int, dst: int, size: int) -> None:
+    """Copy `size` bytes from the start of `src` to `dst`: in the kernel where it can
+    (`copy_file_range`, which shares blocks on filesystems with reflinks)."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while done < size:
+        if copy is not None:
+            try:
+                n = copy(src, dst, size - done, done, done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                copy = None
+                continue
+        else:
+            chunk = os.pread(src, min(HASH_CHUNK_BYTES, size - done), done)
+            n = os.pwrite(dst, chunk, done) if chunk else 0
+        if n == 0:
+            raise OSError(errno.EIO, "source shrank while being copied")
+        done += n
+    os.lseek(dst, done, os.SEEK_SET)
