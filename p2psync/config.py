@@ -72,3 +72,4 @@ class PeerSettings:
     classic: bool = True  # the classic rule, an index in memory, features declared after the first round
     max_delete: DeleteLimit = field(default_factory=DeleteLimit)
     trash_days: float = 30.0  # trash and own deletions older than this are let go
+    max_rate: float | None = None  # bytes per second, each way (uploads; downloads); None: no limit

@@ -23,6 +23,7 @@ from ._core import (
 )
 from .errors import TransferError
 from .protocol import decode_reply, encode_header, encode_request
+from .ratelimit import RateLimiter
 
 __all__ = [
     "BACKEND",
@@ -53,24 +54,32 @@ def transfer_deadline(nbytes: int) -> float:
     return BASE_TRANSFER_S + nbytes / MIN_RATE_BYTES_S
 
 
-def upload(sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0) -> int:
+def upload(
+    sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0, limiter: RateLimiter | None = None
+) -> int:
     """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`.
 
     `st` is the file's stat when it was opened. The file is checked between
     chunks, and once more before the last byte goes out: if it changed (size or
     mtime), the transfer stops short, so even a classic receiver, which has no
     hash to check, sees a failed transfer rather than a torn file. Raises
-    `TransferError` then, or if the socket fails.
+    `TransferError` then, or if the socket fails. With a `limiter`, the bytes
+    go out in slices, each taken from its bucket first.
     """
     size = st.st_size
     reply = small_reply(fd, st, offset)
     if reply is not None:  # header and body leave in the same segment
+        if limiter is not None:
+            limiter.take(len(reply))
         _sendall(sock, reply)
         return size - offset
     _sendall(sock, encode_header(size - offset))
     position = offset
+    step = CHANGE_CHECK_BYTES if limiter is None else limiter.slice_bytes
     while position < size:
-        end = size if position == size - 1 else min(position + CHANGE_CHECK_BYTES, size - 1)
+        end = size if position == size - 1 else min(position + step, size - 1)
+        if limiter is not None:
+            limiter.take(end - position)
         send_from_file(sock, fd, position, end - position)
         position = end
         if position < size:

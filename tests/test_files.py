@@ -29,7 +29,7 @@ def folder(tmp_path: Path):
 
 def _install_one(folder: Folder, name: str, data: bytes, mtime: int, sha256: str | None = None) -> bool:
     """Whether `install_many` installed this one download."""
-    return folder.install_many([(name, data, mtime, sha256)]) == 1
+    return folder.install_many([(name, data, mtime, sha256)]) == [True]
 
 
 def _names(path: Path) -> list[str]:
@@ -87,7 +87,7 @@ def test_install_many_installs_what_it_can_and_counts_it(folder: Folder, tmp_pat
     os.utime(dst / "newer.txt", (5000, 5000))
     downloads = [(f"n{i}.txt", b"%d" % i, 1000 + i, sha(b"%d" % i)) for i in range(50)]
     downloads.insert(10, ("newer.txt", b"remote", 1234, None))  # a newer local file stays
-    assert folder.install_many(downloads) == 50
+    assert sum(folder.install_many(downloads)) == 50
     assert (dst / "newer.txt").read_bytes() == b"local"
     for i in range(50):
         assert (dst / f"n{i}.txt").read_bytes() == b"%d" % i

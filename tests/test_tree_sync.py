@@ -184,7 +184,7 @@ def test_the_brake_holds_a_mass_deletion_until_confirmed(tmp_path: Path, start_t
     wait_until(lambda: len(tree(b)) == 20, 20, "the first sync")
     for i in range(15):
         (a / f"d/f{i:02}.txt").unlink()
-    with caplog.at_level(logging.WARNING, "p2psync.peer"):
+    with caplog.at_level(logging.WARNING, "p2psync"):
         wait_until(lambda: pb.held_back == 15, 20, "the brake to hold the deletions")
     assert len(tree(b)) == 20  # nothing deleted ...
     assert any("not deleting 15" in r.getMessage() and "--max-delete" in r.getMessage() for r in caplog.records)
@@ -318,7 +318,7 @@ def test_one_bad_entry_poisons_nothing(tmp_path: Path, engine, caplog) -> None:
     }
     tracker = _tracker_answering(lambda: json.dumps(entries))  # a classic-shaped relay
     try:
-        with caplog.at_level(logging.WARNING, "p2psync.peer"):
+        with caplog.at_level(logging.WARNING, "p2psync"):
             engine(tmp_path / "b", tracker.getsockname()[1])
             wait_until(lambda: (tmp_path / "b/good.txt").exists(), 20, "the good entry")
         assert (tmp_path / "b/good.txt").read_bytes() == good
@@ -338,7 +338,7 @@ def test_a_rename_is_copied_locally_not_fetched(tmp_path: Path, start_tracker, e
     engine(a, tracker.port)
     pb = engine(b, tracker.port)
     wait_until(lambda: (b / "old/name.bin").exists(), 20, "the first sync")
-    with caplog.at_level(logging.INFO, "p2psync.peer"):
+    with caplog.at_level(logging.INFO, "p2psync"):
         (a / "new").mkdir()
         (a / "old/name.bin").rename(a / "new/name.bin")
         wait_until(lambda: tree(b) == {"new/name.bin": data}, 20, "the rename at b")
@@ -471,7 +471,7 @@ def test_a_file_brought_back_is_copied_from_the_trash(tmp_path: Path, start_trac
     wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the first sync")
     (a / "photos/cat.jpg").unlink()
     wait_until(lambda: trash(b) == {"photos/cat.jpg": data}, 20, "the deletion at b")
-    with caplog.at_level(logging.INFO, "p2psync.peer"):
+    with caplog.at_level(logging.INFO, "p2psync"):
         write(a / "photos/cat.jpg", data)  # brought back from a backup: a new version, the same bytes
         wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the file back at b")
     assert (b / "photos/cat.jpg").read_bytes() == data

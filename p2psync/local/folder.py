@@ -491,7 +491,6 @@ class Folder:
         except (OSError, UnsafeName) as exc:
             log.warning("cannot move %s to the trash: %s; leaving it", path, exc)
             return False
-        log.info("moved %s to the trash (%s/%s/%s): deleted on another peer", path, STATE_DIR, TRASH_DIR, path)
         self._forget(path, deletion)
         self._remove_empty_parents(path)
         return True
@@ -676,9 +675,9 @@ class Folder:
                 os.close(state)
             raise
 
-    def install_many(self, downloads: Sequence[Install | tuple[Any, ...]]) -> int:
+    def install_many(self, downloads: Sequence[Install | tuple[Any, ...]]) -> list[bool]:
         """Install small downloads held whole in memory (`Install`s, verified by
-        the caller); how many were installed.
+        the caller); for each, whether it was installed.
 
         Each with the guarantees of a partial download's `commit` (atomic, only
         over the file the decision saw, symlinks replaced not followed), in the
@@ -703,7 +702,7 @@ class Folder:
                 with self.partial(item.name, item.sha256, expect=item.expect) as part:  # raises what was wrong
                     write_all(part.fd, item.data)
                     done[i] = part.commit(item.mtime, item.mode, item.vector)
-        return sum(done)
+        return done
 
     def _link_batch(self, items: list[Install], indexes: list[int], done: list[bool]) -> None:
         try:

@@ -23,9 +23,11 @@ from typing import Any
 
 from p2psync.deadlines import Watchdog
 from p2psync.errors import P2PSyncError, Refused, TransferError
+from p2psync.events import Events, Kind
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.hashing import BackgroundHasher, new_hasher
 from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
+from p2psync.ratelimit import RateLimiter
 from p2psync.transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
@@ -55,8 +57,12 @@ class Fetcher:
         watchdog: Watchdog,
         own_address: tuple[str, int],
         max_file_size: int | None = None,
+        events: Events | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.folder = folder
+        self.events = events or Events()
+        self.limiter = limiter
         self.watchdog = watchdog
         self.own_address = own_address
         self.max_file_size = max_file_size
@@ -68,6 +74,7 @@ class Fetcher:
     def fetch(self, name: str, entry: DirectoryEntry, expect: Any = ANY) -> bool:
         """Fetch `name` at `entry`'s version from its holders in turn; whether it was
         installed. `expect`: what the install may replace (see `files.Install`)."""
+        failure = "no holder but this peer"
         for ip, port in entry.holders():
             if self._is_me(ip, port):
                 continue
@@ -78,13 +85,15 @@ class Fetcher:
                     log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
                     installed = self._fetch_from(name, entry, ip, port, False, expect)
             except (P2PSyncError, OSError) as exc:
-                log.warning("fetching %s from %s:%d failed: %s", name, ip, port, exc)
+                log.debug("fetching %s from %s:%d failed: %s", name, ip, port, exc)
+                failure = f"from {ip}:{port}: {exc}"
                 if self._aborted:
                     return False
                 continue  # this holder failed: try the next
             if installed:
-                log.info("fetched %s (%s bytes) from %s:%d", name, entry.size or "?", ip, port)
+                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}")
             return installed
+        self.events.emit(Kind.FAILED, name, entry.size or 0, failure)
         return False
 
     def _is_me(self, ip: str, port: int) -> bool:
@@ -127,8 +136,25 @@ class Fetcher:
         self._check_space(length)
         part.reserve(length)
         sock.settimeout(RECV_TIMEOUT_S)
-        with self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"):
-            recv_to_file(sock, part.fd, length, reader, hasher)
+        with (
+            self.watchdog.limit(sock, transfer_deadline(length), f"receiving {length} bytes"),
+            self.events.transfer(name, part.offset + length, part.fd),
+        ):
+            if self.limiter is None:
+                recv_to_file(sock, part.fd, length, reader, hasher)  # the whole body in the core's loop
+            else:
+                self._receive_limited(sock, part.fd, length, reader, hasher, self.limiter)
+
+    @staticmethod
+    def _receive_limited(
+        sock: socket.socket, fd: int, length: int, reader: Buffer, hasher: Any, limiter: RateLimiter
+    ) -> None:
+        done = 0
+        while done < length:
+            piece = min(limiter.slice_bytes, length - done)
+            limiter.take(piece)
+            recv_to_file(sock, fd, piece, reader, hasher)
+            done += piece
 
     def fetch_all(
         self,
@@ -277,17 +303,21 @@ class Fetcher:
                 )
         except (P2PSyncError, OSError) as exc:
             failure = exc
-        installed = self.folder.install_many(verified)
-        log.debug("fetched %d files from %s:%d, installed %d", len(verified), *holder, installed)
+        done = self.folder.install_many(verified)
+        where = f"from {holder[0]}:{holder[1]}"
+        for item, ok in zip(verified, done, strict=True):
+            if ok:
+                self.events.emit(Kind.FETCHED, item.name, len(item.data), where)
         del batch[: len(verified)]
-        return installed, failure
+        return sum(done), failure
 
-    @staticmethod
-    def _receive_verified(sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry) -> bytes:
+    def _receive_verified(self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry) -> bytes:
         """The body of the next reply of a pipeline, if it is exactly the version `entry` names."""
         length = decode_reply(reader.read_line())
         if length != entry.size:
             raise TransferError(f"holder offers {length} bytes of {name}, the directory says {entry.size}")
+        if self.limiter is not None:
+            self.limiter.take(length)
         data = recv_body(sock, reader, length)
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise TransferError(f"{name}: content does not match the advertised SHA-256 {entry.sha256}")

@@ -23,6 +23,7 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from p2psync.local import Folder
 from p2psync.protocol import decode_request, encode_refusal
+from p2psync.ratelimit import RateLimiter
 from p2psync.transfer import Buffer, upload
 
 __all__ = [
@@ -57,8 +58,16 @@ def _who(addr: Any) -> str:
 class FileServer:
     """Serves the files of `folder` on the listening socket `listener`."""
 
-    def __init__(self, listener: socket.socket, folder: Folder, watchdog: Watchdog, buffer_size: int = 8192) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        folder: Folder,
+        watchdog: Watchdog,
+        buffer_size: int = 8192,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.listener = listener
+        self.limiter = limiter  # uploads' bandwidth limit, if any
         self.folder = folder
         self.watchdog = watchdog
         self.buffer_size = buffer_size
@@ -154,12 +163,14 @@ class FileServer:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
             reply = transfer.small_reply(fd, st, request.offset) if request.keep_open else None
             if reply is not None:
+                if self.limiter is not None:
+                    self.limiter.take(len(reply))
                 held.add(reply)  # sent with the replies to the requests that follow it
             else:
                 held.send()
                 conn.settimeout(transfer.BASE_TRANSFER_S)
                 with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
-                    upload(conn, fd, st, request.offset)
+                    upload(conn, fd, st, request.offset, self.limiter)
             log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
         except ConnectionClosed:

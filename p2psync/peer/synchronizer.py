@@ -25,6 +25,7 @@ from typing import Any
 from p2psync.config import DAY_S, PeerSettings
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ProtocolError
+from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
 from p2psync.local import Folder, LocalFile
 from p2psync.local.watching import FolderWatcher, require_watching
@@ -40,6 +41,7 @@ from p2psync.protocol import (
     encode_init,
     encode_keepalive,
 )
+from p2psync.ratelimit import RateLimiter
 from p2psync.sync import Action, Deletion, Version, clashes, conflict_name, merge, plan
 from p2psync.transfer import Buffer
 
@@ -83,6 +85,7 @@ class FileSynchronizer(threading.Thread):
         folder: str | os.PathLike[str] | None = None,
         settings: PeerSettings | None = None,
         rules: IgnoreRules | None = None,
+        events: Events | None = None,
         **overrides: Any,
     ) -> None:
         settings = dataclasses.replace(settings or PeerSettings(), **overrides)
@@ -137,8 +140,25 @@ class FileSynchronizer(threading.Thread):
         self._again = False  # the tracker turned out to be a p2psync one: report the whole tree now
         self._stopping = threading.Event()
         self._watchdog = Watchdog()
-        self._file_server = FileServer(self.server, self.folder, self._watchdog, self.BUFFER_SIZE)
-        self._fetcher = Fetcher(self.folder, self._watchdog, (host, self.port), settings.max_file_size)
+        if events is None:  # nobody watches: every event is a log line
+            events = Events()
+            LogEvents().attach(events)
+        self.events = events
+        self._tally = Tally()  # this round's events: its summary line and its outcome
+        events.subscribe(self._tally)
+        self.last_round: RoundOutcome | None = None
+        rate = settings.max_rate
+        self._file_server = FileServer(
+            self.server, self.folder, self._watchdog, self.BUFFER_SIZE, RateLimiter(rate) if rate else None
+        )
+        self._fetcher = Fetcher(
+            self.folder,
+            self._watchdog,
+            (host, self.port),
+            settings.max_file_size,
+            events,
+            RateLimiter(rate) if rate else None,
+        )
         self._warned: set[str] = set()
         self._held_back = 0  # deletions the brake held back in the last round
         self._settled: tuple[bytes, int] | None = None  # (directory, folder generation) of a round with nothing to do
@@ -328,6 +348,7 @@ class FileSynchronizer(threading.Thread):
             self._declare = self._again = True
         for name, why in listing.skipped:
             self._warn_once(f"skipped:{name}", f"tracker lists a bad entry {name[:200]!r}; skipping it: {why}")
+        self._tally.restart()
         if self._bring_up_to_date(listing):
             self._settled = None
         else:
@@ -468,7 +489,27 @@ class FileSynchronizer(threading.Thread):
         self.folder.prune_partials({e.sha256 for _, e in todo if e.sha256 is not None})
         if wrote:
             self._rescan.set()  # this round wrote to the folder (its own events may still be on the way)
+        self._finish_round(todo, trash)
         return wrote or bool(todo or trash)
+
+    def _finish_round(
+        self, todo: list[tuple[str, DirectoryEntry]], trash: list[tuple[str, LocalFile, Deletion]]
+    ) -> None:
+        """Say what the round did (one summary line) and where it left the folder."""
+        failed = self._tally.paths(Kind.FAILED)
+        got = self._tally.paths(Kind.FETCHED, Kind.COPIED)
+        behind = [
+            Behind(path, f"{entry.ip}:{entry.port}", "failed" if path in failed else "changed here meanwhile")
+            for path, entry in todo
+            if path not in got
+        ]
+        if self._held_back:
+            behind += [Behind(path, "", "deletion held back by the brake") for path, _, _ in trash]
+        outcome = RoundOutcome(time.time(), tuple(behind), self._held_back)
+        self.last_round = outcome
+        summary = self._tally.summary(self._held_back)
+        if summary is not None:
+            self.events.round_done(summary)
 
     def _keep_aside(self, path: str, mine: LocalFile, why: str) -> bool:
         peer = self.folder.peer_id
@@ -476,7 +517,7 @@ class FileSynchronizer(threading.Thread):
             path, lambda n: conflict_name(path, mine.mtime, peer if n == 0 else f"{peer}{n}")
         )
         if aside is not None:
-            log.warning("conflict: %s %s; kept this peer's version as %s", path, why, aside)
+            self.events.emit(Kind.CONFLICT, path, mine.size, f"{why}; kept this peer's version as {aside}")
         return aside is not None
 
     def _apply_deletions(self, trash: list[tuple[str, LocalFile, Deletion]]) -> bool:
@@ -498,7 +539,12 @@ class FileSynchronizer(threading.Thread):
             self._held_back = len(trash)
             return False
         self._held_back = 0
-        return any([self.folder.move_to_trash(path, mine.key, deletion) for path, mine, deletion in trash])
+        moved = False
+        for path, mine, deletion in trash:
+            if self.folder.move_to_trash(path, mine.key, deletion):
+                self.events.emit(Kind.TRASHED, path, mine.size, "(deleted on another peer; kept in .p2psync/trash/)")
+                moved = True
+        return moved
 
     @property
     def held_back(self) -> int:
@@ -519,7 +565,7 @@ class FileSynchronizer(threading.Thread):
                     self.folder.in_trash(path, entry.size) if path in trashed else None
                 )
             if source not in (None, path) and self.folder.copy_local(source, path, entry.version(), expect[path]):
-                log.info("copied %s from %s here (same content): nothing fetched", path, source)
+                self.events.emit(Kind.COPIED, path, entry.size or 0, f"from {source} (same content, nothing fetched)")
                 copied += 1
                 continue
             remote.append((path, entry))

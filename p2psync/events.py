@@ -1,0 +1,260 @@
+"""What the engine did, for the display, the log and `--once`: file events,
+round summaries, and the transfers in flight.
+
+The engine emits; listeners (the terminal display, the plain log, a round's
+own tally) subscribe. Progress is never pushed from the copy loops: a
+transfer in flight registers how to read its position (the offset of its
+file descriptor, which the receive loop advances), and a display samples it a
+few times a second. Listeners run on the emitting thread: keep them quick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "Behind",
+    "Event",
+    "Events",
+    "Kind",
+    "LogEvents",
+    "RoundOutcome",
+    "RoundSummary",
+    "Tally",
+    "Transfer",
+    "TransferView",
+    "size_text",
+]
+
+log = logging.getLogger("p2psync.events")
+
+
+class Kind(enum.Enum):
+    """What happened to one path."""
+
+    FETCHED = "fetched"  # a newer version arrived from a holder
+    COPIED = "copied"  # a wanted version was already here under another name: copied, not fetched
+    TRASHED = "trashed"  # deleted on another peer: moved to .p2psync/trash/
+    CONFLICT = "conflict"  # changed here and elsewhere: this peer's version kept aside (detail: its new name)
+    FAILED = "failed"  # could not be fetched from any holder this round (detail: why)
+    HELD_BACK = "held back"  # a deletion the brake kept from happening
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    path: str
+    size: int = 0
+    detail: str = ""  # where from, the conflict copy's name, why it failed
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """One round that did something: what moved and how long it took."""
+
+    fetched: int
+    copied: int
+    trashed: int
+    conflicts: int
+    failed: int
+    held_back: int
+    bytes: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second fetched in this round."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        parts = [f"{self.fetched} fetched ({size_text(self.bytes)} in {self.seconds:.1f} s, {size_text(self.rate)}/s)"]
+        for count, what in (
+            (self.copied, "copied locally"),
+            (self.trashed, "moved to trash"),
+            (self.conflicts, "conflicts kept"),
+            (self.failed, "failed"),
+            (self.held_back, "deletions held back"),
+        ):
+            if count:
+                parts.append(f"{count} {what}")
+        return "round: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class TransferView:
+    """A transfer in flight as a display samples it."""
+
+    path: str
+    done: int
+    total: int
+    started: float  # time.monotonic()
+
+
+class Transfer:
+    """One large download in flight; `done()` reads how far it got."""
+
+    def __init__(self, path: str, total: int, fd: int, start: int) -> None:
+        self.path, self.total, self._fd, self._start = path, total, fd, start
+        self.started = time.monotonic()
+
+    def done(self) -> int:
+        try:
+            return max(0, os.lseek(self._fd, 0, os.SEEK_CUR) - self._start)
+        except OSError:
+            return 0
+
+
+Listener = Callable[[Event], None]
+SummaryListener = Callable[[RoundSummary], None]
+
+
+class Events:
+    """The hub between the engine and whoever watches it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._summary_listeners: list[SummaryListener] = []
+        self._transfers: dict[int, Transfer] = {}
+
+    def subscribe(self, listener: Listener | None = None, summaries: SummaryListener | None = None) -> None:
+        with self._lock:
+            if listener is not None:
+                self._listeners.append(listener)
+            if summaries is not None:
+                self._summary_listeners.append(summaries)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.remove(listener)
+
+    def emit(self, kind: Kind, path: str, size: int = 0, detail: str = "") -> None:
+        event = Event(kind, path, size, detail)
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event)
+
+    def round_done(self, summary: RoundSummary) -> None:
+        with self._lock:
+            listeners = list(self._summary_listeners)
+        for listener in listeners:
+            listener(summary)
+
+    @contextlib.contextmanager
+    def transfer(self, path: str, total: int, fd: int, start: int = 0) -> Iterator[None]:
+        """Show a download of `total` bytes into `fd` (positioned at `start`) while the
+        block runs. The block must end before `fd` is closed: sampling holds the
+        lock, so a closed (and perhaps reused) descriptor is never read."""
+        item = Transfer(path, total, fd, start)
+        with self._lock:
+            self._transfers[id(item)] = item
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._transfers[id(item)]
+
+    def in_flight(self) -> list[TransferView]:
+        with self._lock:
+            return [TransferView(t.path, t.done(), t.total, t.started) for t in self._transfers.values()]
+
+
+class LogEvents:
+    """The plain display: one INFO line per file event, one per round that did anything."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
+
+    def __call__(self, event: Event) -> None:
+        level = logging.WARNING if event.kind in (Kind.FAILED, Kind.CONFLICT) else logging.INFO
+        detail = f" {event.detail}" if event.detail else ""
+        size = f" ({size_text(event.size)})" if event.kind in (Kind.FETCHED, Kind.COPIED) else ""
+        self._log.log(level, "%s %s%s%s", event.kind.value, event.path, detail, size)
+
+    def summary(self, summary: RoundSummary) -> None:
+        self._log.info("%s", summary.line())
+
+    def attach(self, events: Events) -> None:
+        events.subscribe(self, self.summary)
+
+
+def size_text(n: float) -> str:
+    """`n` bytes for people: 512 B, 3.4 MiB."""
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
+@dataclass(frozen=True)
+class Behind:
+    """A path this peer does not yet hold at the version the network has."""
+
+    path: str
+    holder: str  # HOST:PORT of the peer the directory names for it
+    why: str  # failed, held back by the brake, changed here meanwhile
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """Where a round left the folder: in sync with the directory, or what is behind."""
+
+    time: float  # time.time() at the end of the round
+    behind: tuple[Behind, ...] = ()
+    held_back: int = 0  # deletions the brake kept from happening
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.behind and not self.held_back
+
+
+class Tally:
+    """A round's own count of its events, for its summary line and its outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def restart(self) -> None:
+        with self._lock:
+            self.events = []
+            self.started = time.monotonic()
+
+    def paths(self, *kinds: Kind) -> set[str]:
+        with self._lock:
+            return {e.path for e in self.events if e.kind in kinds}
+
+    def summary(self, held_back: int) -> RoundSummary | None:
+        """The round's summary, or None if it did nothing."""
+        with self._lock:
+            events = list(self.events)
+        if not events:
+            return None
+        count = {kind: 0 for kind in Kind}
+        for event in events:
+            count[event.kind] += 1
+        return RoundSummary(
+            fetched=count[Kind.FETCHED],
+            copied=count[Kind.COPIED],
+            trashed=count[Kind.TRASHED],
+            conflicts=count[Kind.CONFLICT],
+            failed=count[Kind.FAILED],
+            held_back=held_back,
+            bytes=sum(e.size for e in events if e.kind is Kind.FETCHED),
+            seconds=time.monotonic() - self.started,
+        )
