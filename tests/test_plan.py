@@ -18,6 +18,7 @@ from p2psync.sync import (
     clashes,
     conflict_name,
     covers,
+    decide,
     is_conflict_copy,
     merge,
     pick,
@@ -246,3 +247,22 @@ def test_any_interleaving_converges_and_loses_nothing(ops: list[tuple[str, int, 
     superseded = swarm.replaced | swarm.deleted
     kept = {x.sha256 for peer in swarm.peers for x in [*peer.files.values(), *peer.trash]}
     assert swarm.written - superseded <= kept
+
+
+PATHS = st.lists(st.sampled_from(["a", "a/b", "a/b/c", "b", "c/d", "x.txt"]), unique=True)
+
+
+@given(PATHS, PATHS)
+def test_decide_settles_every_path_once_and_clashes_first(here: list[str], there: list[str]) -> None:
+    ours = {p: Version(100, 1, "1" * 64, 0o644, (("AAA", 1),)) for p in here}
+    theirs = {p: Version(200, 1, "2" * 64, 0o644, (("BBB", 1),)) for p in there}
+    steps = decide(ours, theirs, {}, lambda path: None)
+    assert [path for path, _ in steps] == sorted(set(here) | set(there))
+    move_aside, skip = clashes(ours.keys(), theirs.keys())
+    for path, action in steps:
+        if path in move_aside:
+            assert action is Action.ASIDE
+        elif path in skip:
+            assert action is Action.KEEP_FOLDER
+        else:
+            assert action is plan(ours.get(path), None, theirs.get(path))

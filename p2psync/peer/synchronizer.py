@@ -42,7 +42,7 @@ from p2psync.protocol import (
     encode_keepalive,
 )
 from p2psync.ratelimit import RateLimiter
-from p2psync.sync import Action, Deletion, Version, clashes, conflict_name, merge, plan
+from p2psync.sync import Action, Deletion, Version, conflict_name, decide, merge
 from p2psync.transfer import Buffer
 
 from .fetch import Fetcher
@@ -439,26 +439,28 @@ class FileSynchronizer(threading.Thread):
         extended = listing.extended
         deleted = listing.deleted if extended else {}
         local = self._local
-        move_aside, skip = clashes(local.keys(), remote.keys())
+        ours_all = {path: f.version() for path, f in local.items()}
+        theirs_all = {path: e.version() for path, e in remote.items()}
+        folder = self.folder
+
+        def base(path: str) -> Version | None:
+            return folder.base(path) if extended or path in local else None
+
         todo: list[tuple[str, DirectoryEntry]] = []
         expect: dict[str, Any] = {}
         trash: list[tuple[str, LocalFile, Deletion]] = []
         agreed: list[tuple[str, Version]] = []
         wrote = False
-        for path in sorted(local.keys() | remote.keys()):
-            if path in skip:
-                self._warn_once(f"clash:{path}", f"{path}: a folder here, a file on another peer; keeping the folder")
-                continue
+        for path, action in decide(ours_all, theirs_all, deleted, base):
             mine = local.get(path)
             entry: DirectoryEntry | None = remote.get(path)
-            if path in move_aside and mine is not None:
+            ours, theirs = ours_all.get(path), theirs_all.get(path)
+            if action is Action.KEEP_FOLDER:
+                self._warn_once(f"clash:{path}", f"{path}: a folder here, a file on another peer; keeping the folder")
+            elif action is Action.ASIDE:
+                assert mine is not None
                 wrote |= self._keep_aside(path, mine, "a folder of that name on another peer")
-                continue
-            ours = mine.version() if mine is not None else None
-            theirs = entry.version() if entry is not None else None
-            base = self.folder.base(path) if extended or mine is not None else None
-            action = plan(ours, base, theirs, deleted.get(path, ()))
-            if action is Action.NOTHING:
+            elif action is Action.NOTHING:
                 if ours is not None and theirs is not None and ours.same_content(theirs):
                     agreed.append((path, theirs))
             elif action is Action.STAMP:

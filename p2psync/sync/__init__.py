@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .conflicts import conflict_name, is_conflict_copy
-from .plan import Action, clashes, plan
+from .plan import Action, clashes, decide, plan
 from .versions import Deletion, Vector, Version, bump, covers, merge, pick
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Version",
     "bump",
     "clashes",
+    "decide",
     "conflict_name",
     "covers",
     "is_conflict_copy",

@@ -16,11 +16,11 @@ removed but into the trash, so no decision here loses data.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from .versions import Deletion, Version
 
-__all__ = ["Action", "clashes", "plan"]
+__all__ = ["Action", "clashes", "decide", "plan"]
 
 
 class Action(enum.Enum):
@@ -29,6 +29,8 @@ class Action(enum.Enum):
     STAMP = "stamp"  # the same bytes with a newer mtime: set the mtime, move no bytes
     TRASH = "trash"  # the network deleted this very version: move it to the trash
     CONFLICT = "conflict"  # both changed and the remote wins: keep ours as a conflict copy, then fetch
+    ASIDE = "aside"  # a file here where the network has a folder: keep it as a conflict copy
+    KEEP_FOLDER = "keep folder"  # a folder here where the network has a file: the folder wins, fetch nothing
 
 
 def plan(
@@ -60,6 +62,27 @@ def plan(
     # A classic holder's file (no lineage): the classic rule, the newest wins.
     # Conflicts are kept only between p2psync peers (README: mixed networks).
     return Action.FETCH
+
+
+def decide(
+    local: Mapping[str, Version],
+    remote: Mapping[str, Version],
+    deleted: Mapping[str, Sequence[Deletion]],
+    base: Callable[[str], Version | None],
+) -> list[tuple[str, Action]]:
+    """`plan` for every path either side has, in path order, with file/folder
+    clashes settled first (see `clashes`). `base(path)`: the version this peer
+    last agreed on for `path` (None: never, or not to be trusted here)."""
+    move_aside, skip = clashes(local.keys(), remote.keys())
+    steps = []
+    for path in sorted(local.keys() | remote.keys()):
+        if path in skip:
+            steps.append((path, Action.KEEP_FOLDER))
+        elif path in move_aside and path in local:
+            steps.append((path, Action.ASIDE))
+        else:
+            steps.append((path, plan(local.get(path), base(path), remote.get(path), deleted.get(path, ()))))
+    return steps
 
 
 def clashes(local_files: Collection[str], remote_files: Collection[str]) -> tuple[set[str], set[str]]:
