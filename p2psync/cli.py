@@ -1,59 +1,79 @@
-"""The `p2psync` command: `tracker`, `sync`, `--version`."""
+"""The `p2psync` command: `sync`, `status`, `tracker`, `--version`.
+
+argparse -> settings -> engine or tracker; nothing else lives here. Errors a
+user can cause (a bad flag or config value, a folder that cannot be written,
+a tracker that does not resolve, a port in use, a second sync of one folder)
+are one line and exit code 2; a bug is one line and exit code 3, with the
+traceback under `-v`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
-import re
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
-from .config import DeleteLimit, PeerSettings
+from .config import PeerSettings
 from .errors import ConfigError
+from .events import Events, LogEvents, RoundOutcome
+from .ignore import STATE_DIR, IgnoreRules
 from .local.watching import WatchingUnavailable, require_watching
 from .net import bind_first_free, lan_address
+from .options import (
+    FIRST_PEER_PORT,
+    SYNC_OPTIONS,
+    TRACKER_OPTIONS,
+    Resolved,
+    add_options,
+    parse_host_port,
+    parse_port,
+    resolve,
+)
 from .peer import FileSynchronizer
 from .transfer import BACKEND
 
-__all__ = ["DEFAULT_TRACKER_PORT", "classic_peer_main", "classic_tracker_main", "main"]
+__all__ = ["EXIT_BUG", "EXIT_USAGE", "classic_peer_main", "classic_tracker_main", "main"]
 
-DEFAULT_TRACKER_PORT = 8900  # the embedded tracker's first choice; the next free one if taken
-FIRST_PEER_PORT = 8000  # classic peers serve from the first free port from 8000
+EXIT_USAGE = 2  # the user can fix it: a bad flag, value, folder, address or port
+EXIT_BUG = 3  # p2psync's fault: one line, the traceback with -v
+CONFIG_FILE = "config.toml"  # in DIR/.p2psync/
 
 log = logging.getLogger("p2psync")
 
+EPILOG_SYNC = """examples:
+  p2psync sync ~/Shared                             run a tracker here and sync ~/Shared
+  p2psync sync ~/Shared --tracker 192.168.1.20:8900 join the tracker of another machine
+  p2psync sync ~/Shared --tracker host:8900 --once  one round, then exit 0 (in sync) or 1
+  p2psync sync ~/Shared --print-config              the settings in effect and where each came from
 
-def _host_port(text: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[V6ADDR]:PORT`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+Every option can also be set in DIR/.p2psync/config.toml (or --config FILE),
+as `key = value` with the option's name: max-rate = "10M", watch = true."""
 
+EPILOG_STATUS = """examples:
+  p2psync status ~/Shared                               what the last round left, and local changes
+  p2psync status ~/Shared --tracker 192.168.1.20:8900   checked against the network now
+  p2psync status ~/Shared --json                        the same as a JSON document (schema: README)
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
-    return int(text)
-
-
-def _delete_limit(text: str) -> DeleteLimit:
-    try:
-        return DeleteLimit.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+exit status: 0 in sync, 1 not in sync, 2 error."""
 
 
-def _size(text: str) -> int:
-    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
-    match = re.fullmatch(r"(\d+)([KMGT]?)B?", text.strip().upper())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected a size like 500M or 2G, got {text!r}")
-    return int(match.group(1)) << (10 * " KMGT".index(match.group(2) or " "))
+def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,13 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"p2psync {__version__} (backend: {BACKEND})")
     noise = argparse.ArgumentParser(add_help=False)
-    noise.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
-    noise.add_argument("-q", "--quiet", action="count", default=0, help="fewer log lines (-qq: errors only)")
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug; e.g. -v)")
+    noise.add_argument(
+        "-q", "--quiet", action="count", default=0, help="no progress display, fewer log lines (-qq: errors only)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter
 
-    tracker = commands.add_parser("tracker", parents=[noise], help="run a tracker", description="Run a tracker.")
-    tracker.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all IPv4)")
-    tracker.add_argument("--port", type=_port, default=DEFAULT_TRACKER_PORT, help="port (default: %(default)s)")
+    tracker = commands.add_parser(
+        "tracker",
+        parents=[noise],
+        help="run a tracker",
+        description="Run a tracker.",
+        epilog="example:\n  p2psync tracker --port 8900",
+        formatter_class=formatter,
+    )
+    add_options(tracker, TRACKER_OPTIONS)
+    _config_flags(tracker, "(default: none)")
 
     sync = commands.add_parser(
         "sync",
@@ -77,48 +107,68 @@ def _parser() -> argparse.ArgumentParser:
         help="sync a folder",
         description="Sync DIR with every peer of a tracker. Without --tracker, run one here "
         "and print the command other machines use to join.",
+        epilog=EPILOG_SYNC,
+        formatter_class=formatter,
     )
     sync.add_argument("dir", metavar="DIR", help="the folder to sync (created if missing)")
-    sync.add_argument("--tracker", type=_host_port, metavar="HOST:PORT", help="join this tracker")
+    add_options(sync, SYNC_OPTIONS)
     sync.add_argument(
-        "--port", type=_port, help=f"port to serve files on (default: the first free one from {FIRST_PEER_PORT})"
-    )
-    sync.add_argument(
-        "--tracker-port",
-        type=_port,
-        default=DEFAULT_TRACKER_PORT,
-        help="port of the embedded tracker, when there is no --tracker (default: %(default)s, or the next free one)",
-    )
-    sync.add_argument("--interval", type=float, default=5.0, help="seconds between sync rounds (default: 5)")
-    sync.add_argument(
-        "--watch",
+        "--once",
         action="store_true",
-        help="watch the folder (needs: pip install 'p2psync[watch]'): report a change at once, "
-        "and skip the rescan in rounds where nothing changed",
+        help="one round (report, fetch, delete, keep conflicts), then exit: 0 in sync, 1 not, 2 error; "
+        "needs --tracker (e.g. --once --tracker host:8900)",
     )
-    sync.add_argument(
-        "--max-file-size",
-        type=_size,
-        metavar="SIZE",
-        help="refuse to download files larger than this, e.g. 2G (default: the free disk space)",
+    _config_flags(sync, f"(default: DIR/{STATE_DIR}/{CONFIG_FILE} if it exists)")
+
+    status = commands.add_parser(
+        "status",
+        parents=[noise],
+        help="is a folder in sync?",
+        description="Show what in DIR is in sync, behind (and from whom), only local, conflict copies, "
+        "deletions the brake holds back, and the trash.",
+        epilog=EPILOG_STATUS,
+        formatter_class=formatter,
     )
-    sync.add_argument(
-        "--max-delete",
-        type=_delete_limit,
-        default=DeleteLimit(),
-        metavar="N|N%",
-        help="the most files one round may move to the trash because other peers deleted them, as a count "
-        "(--max-delete 200) or a share of the folder (--max-delete 20%%); 100%% turns the brake off "
-        "(default: half the folder's files, once more than 10)",
+    status.add_argument("dir", metavar="DIR", help="a folder p2psync syncs")
+    status.add_argument(
+        "--tracker",
+        type=_arg(parse_host_port),
+        metavar="HOST:PORT",
+        help="check against this tracker's directory now, and show it (e.g. --tracker 192.168.1.20:8900)",
     )
+    status.add_argument("--json", action="store_true", help="print the status as JSON for scripts (e.g. --json)")
     return parser
 
 
-def _configure_logging(verbose: int, quiet: int) -> None:
+def _config_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"read settings from this TOML file {default}; e.g. --config p2psync.toml"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings in effect, and where each came from, then exit (e.g. --print-config)",
+    )
+
+
+# ------------------------------------------------------------------ process set-up
+
+
+def _log_level(verbose: int, quiet: int) -> int:
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbose - quiet, logging.DEBUG)
-    if verbose - quiet < -2:
-        level = logging.CRITICAL
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    return logging.CRITICAL if verbose - quiet < -2 else level
+
+
+def _configure_logging(verbose: int, quiet: int, handler: logging.Handler | None = None) -> None:
+    root = logging.getLogger()
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    for old in [h for h in root.handlers if getattr(h, "_p2psync", False)]:
+        root.removeHandler(old)
+    handler._p2psync = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(_log_level(verbose, quiet))
 
 
 def _wait_for_interrupt(*threads: threading.Thread) -> None:
@@ -139,56 +189,151 @@ def _wait_for_interrupt(*threads: threading.Thread) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _bind(what: str, port: int | None, build: Callable[[int], Any], first: int) -> Any:
+    """Build a listener on `port` (or the first free one from `first`); a port in
+    use is the user's to fix, said in one line."""
+    try:
+        return build(port) if port is not None else bind_first_free(build, first)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and port is not None:
+            raise ConfigError(f"{what} port {port} is already in use; choose another with --port") from None
+        if exc.errno in (errno.EACCES, errno.EPERM) and port is not None:
+            raise ConfigError(f"{what} port {port} needs privileges this user lacks; choose one above 1024") from None
+        raise
+
+
+def _join_line(port: int) -> str:
+    host = lan_address() or socket.gethostname()
+    return f"  p2psync sync DIR --tracker {f'[{host}]' if ':' in host else host}:{port}"
+
+
+# ------------------------------------------------------------------ tracker
+
+
 def _run_tracker(args: argparse.Namespace) -> int:
+    opts = resolve(TRACKER_OPTIONS, args, args.config)
+    if args.print_config:
+        print(opts.describe())
+        return 0
+    _configure_logging(args.verbose, args.quiet)
     from .tracker import Tracker
 
-    tracker = Tracker(args.port, args.host)
+    tracker = _bind("tracker", opts["port"], lambda p: Tracker(p, opts["host"]), opts["port"])
     tracker.start()
-    print(f"p2psync tracker on {args.host}:{tracker.port}. Peers join with:", flush=True)
-    print(f"  p2psync sync DIR --tracker {lan_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+    print(f"p2psync tracker on {opts['host']}:{tracker.port}. Peers join with:", flush=True)
+    print(_join_line(tracker.port), flush=True)
     _wait_for_interrupt(tracker)
     tracker.exit()
     print("tracker stopped", flush=True)
     return 0
 
 
+# ------------------------------------------------------------------ sync
+
+
+def _sync_options(args: argparse.Namespace, folder: str) -> Resolved:
+    config = args.config
+    if config is None:
+        default = os.path.join(folder, STATE_DIR, CONFIG_FILE)
+        config = default if os.path.isfile(default) else None
+    return resolve(SYNC_OPTIONS, args, config)
+
+
+def _prepare_folder(folder: str) -> None:
+    """Create the folder if need be; one that cannot be written is the user's to fix."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to the folder {folder}: permission denied")
+
+
+def _resolvable(host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"tracker address {host!r} does not resolve: {exc.strerror or exc}") from None
+
+
 def _run_sync(args: argparse.Namespace) -> int:
-    if args.watch:
-        require_watching()  # before anything starts
     folder = os.path.abspath(os.path.expanduser(args.dir))
-    os.makedirs(folder, exist_ok=True)
+    opts = _sync_options(args, folder)
+    if args.print_config:
+        print(f"# p2psync sync {folder}: the settings in effect")
+        print(opts.describe())
+        return 0
+    if args.once and opts["tracker"] is None:
+        raise ConfigError("--once joins a running tracker: give it --tracker HOST:PORT")
+    if opts["watch"]:
+        require_watching()  # before anything starts or is created
+    if opts["tracker"] is not None:
+        _resolvable(*opts["tracker"])
+    _prepare_folder(folder)
     settings = PeerSettings(
-        interval=args.interval,
+        interval=opts["interval"],
         first_delay=0.0,  # the first round starts as soon as the peer is connected
-        max_file_size=args.max_file_size,
-        watch=args.watch,
+        max_file_size=opts["max-file-size"],
+        watch=opts["watch"],
         classic=False,
-        max_delete=args.max_delete,
+        max_delete=opts["max-delete"],
+        max_rate=opts["max-rate"],
     )
+    live = opts["progress"] and not args.quiet and sys.stdout.isatty()
+    events = Events()
+    console = None
+    if live:
+        from rich.console import Console
+
+        from .ui.progress import rich_log_handler
+
+        console = Console()
+        _configure_logging(args.verbose, args.quiet, rich_log_handler(console))
+        LogEvents(only_warnings=True).attach(events)  # the display shows the rest
+    else:
+        _configure_logging(args.verbose, args.quiet)
+        LogEvents().attach(events)
+    rules = IgnoreRules.for_folder(folder)  # a bad pattern: one line, before anything starts
+
     tracker = None
-    if args.tracker is None:
+    if opts["tracker"] is None:
         from .tracker import Tracker  # joining a tracker elsewhere needs none: a quicker start
 
-        tracker = bind_first_free(Tracker, args.tracker_port)
+        tracker = _bind("tracker", None, Tracker, opts["tracker-port"])
         tracker.start()
         host, port = "127.0.0.1", tracker.port
     else:
-        host, port = args.tracker
+        host, port = opts["tracker"]
 
     def build(peer_port: int) -> FileSynchronizer:
-        return FileSynchronizer(host, port, peer_port, folder=folder, settings=settings)
+        return FileSynchronizer(host, port, peer_port, folder=folder, settings=settings, rules=rules, events=events)
 
-    peer = build(args.port) if args.port is not None else bind_first_free(build, FIRST_PEER_PORT)
+    try:
+        peer = _bind("file-serving", opts["port"], build, FIRST_PEER_PORT)
+    except BaseException:
+        if tracker is not None:
+            tracker.exit()
+        raise
+    if args.once:
+        return _sync_once(peer, f"{host}:{port}", console, events)
     peer.start()
     print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
     if tracker is not None:
         print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
-        print(f"  p2psync sync DIR --tracker {lan_address() or 'THIS-MACHINE'}:{tracker.port}", flush=True)
+        print(_join_line(tracker.port), flush=True)
         print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}", flush=True)
     else:
         print(f"Tracker: {host}:{port}", flush=True)
     print("Ctrl-C stops.", flush=True)
-    _wait_for_interrupt(peer)
+    if console is not None:
+        from .ui.progress import LiveDisplay
+
+        with LiveDisplay(events, console):
+            _wait_for_interrupt(peer)
+    else:
+        _wait_for_interrupt(peer)
     peer.exit()
     if tracker is not None:
         tracker.exit()
@@ -196,11 +341,74 @@ def _run_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_once(peer: FileSynchronizer, tracker: str, console: Any, events: Events) -> int:
+    """`--once`: one round, then 0 (in sync), 1 (something failed or still differs) or 2."""
+    try:
+        if console is not None:
+            from .ui.progress import LiveDisplay
+
+            with LiveDisplay(events, console):
+                outcome: RoundOutcome = peer.run_once()
+        else:
+            outcome = peer.run_once()
+    except OSError as exc:
+        log.error("cannot sync with the tracker %s: %s", tracker, exc)
+        return EXIT_USAGE
+    finally:
+        peer.exit()
+    if outcome.in_sync:
+        print(f"in sync with {tracker}", flush=True)
+        return 0
+    for behind in outcome.behind:
+        source = f" (from {behind.holder})" if behind.holder else ""
+        print(f"not in sync: {behind.path}: {behind.why}{source}", flush=True)
+    print(f"not in sync with {tracker}: {len(outcome.behind)} paths differ", flush=True)
+    return 1
+
+
+# ------------------------------------------------------------------ status
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .peer.probe import read_directory
+    from .status import exit_code, folder_status
+
+    _configure_logging(args.verbose, args.quiet + 1)  # a status is its output, not log lines
+    folder = os.path.abspath(os.path.expanduser(args.dir))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder} is not a folder")
+    opts = _sync_options(argparse.Namespace(config=None), folder)  # the folder's own brake, from its config
+    rules = IgnoreRules.for_folder(folder)
+    listing = None
+    where = None
+    if args.tracker is not None:
+        host, port = args.tracker
+        _resolvable(host, port)
+        where = f"{host}:{port}"
+        try:
+            listing = read_directory(host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot reach the tracker {where}: {exc.strerror or exc}") from None
+    doc = folder_status(folder, rules, listing, where, opts["max-delete"])
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+
+        from .ui.status_view import show_status
+
+        show_status(doc, Console())
+    return exit_code(doc)
+
+
+# ------------------------------------------------------------------ the classic command lines
+
+
 def classic_tracker_main(argv: Sequence[str] | None = None) -> int:
     """`python -m p2psync.tracker IP PORT`, as the classic `tracker.py IP PORT`."""
     parser = argparse.ArgumentParser(prog="python -m p2psync.tracker", description="Run a p2psync tracker.")
     parser.add_argument("ip", help="address to listen on, e.g. 0.0.0.0")
-    parser.add_argument("port", type=_port, help="port to listen on")
+    parser.add_argument("port", type=_arg(parse_port), help="port to listen on")
     args = parser.parse_args(argv)
     _configure_logging(0, 0)
     from .tracker import Tracker
@@ -221,7 +429,7 @@ def classic_peer_main(argv: Sequence[str] | None = None) -> int:
         description="Sync the current folder through a tracker (serving on the first free port from 8000).",
     )
     parser.add_argument("tracker_ip")
-    parser.add_argument("tracker_port", type=_port)
+    parser.add_argument("tracker_port", type=_arg(parse_port))
     args = parser.parse_args(argv)
     _configure_logging(0, 0)
     peer = bind_first_free(lambda port: FileSynchronizer(args.tracker_ip, args.tracker_port, port), FIRST_PEER_PORT)
@@ -232,19 +440,39 @@ def classic_peer_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "tracker": _run_tracker,
+    "sync": _run_sync,
+    "status": _run_status,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
     try:
-        if args.command == "tracker":
-            return _run_tracker(args)
-        return _run_sync(args)
-    except OSError as exc:  # a port in use, a folder we cannot enter: one line, no traceback
-        log.error("%s", exc)
-        return 1
+        return COMMANDS[args.command](args)
     except (WatchingUnavailable, ConfigError) as exc:
-        log.error("%s", exc)
-        return 2
+        _error_line(args, str(exc))
+        return EXIT_USAGE
+    except OSError as exc:  # a folder or port the user pointed us at: one line, no traceback
+        _error_line(args, str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            log.exception("p2psync failed (a bug: please report it with this traceback)")
+        else:
+            _error_line(args, f"p2psync failed: {type(exc).__name__}: {exc} (a bug; -v shows the traceback)")
+        return EXIT_BUG
+
+
+def _error_line(args: argparse.Namespace, text: str) -> None:
+    """One `error: ...` line on stderr, whatever logging is set to."""
+    if logging.getLogger().handlers:
+        log.error("%s", text)
+    else:
+        print(f"p2psync: error: {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "Kind",
     "LogEvents",
     "RoundOutcome",
+    "RoundStart",
     "RoundSummary",
     "Tally",
     "Transfer",
@@ -111,8 +112,17 @@ class Transfer:
             return 0
 
 
+@dataclass(frozen=True)
+class RoundStart:
+    """A round that has something to fetch: how much."""
+
+    files: int
+    bytes: int
+
+
 Listener = Callable[[Event], None]
 SummaryListener = Callable[[RoundSummary], None]
+StartListener = Callable[[RoundStart], None]
 
 
 class Events:
@@ -122,14 +132,22 @@ class Events:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._summary_listeners: list[SummaryListener] = []
+        self._start_listeners: list[StartListener] = []
         self._transfers: dict[int, Transfer] = {}
 
-    def subscribe(self, listener: Listener | None = None, summaries: SummaryListener | None = None) -> None:
+    def subscribe(
+        self,
+        listener: Listener | None = None,
+        summaries: SummaryListener | None = None,
+        starts: StartListener | None = None,
+    ) -> None:
         with self._lock:
             if listener is not None:
                 self._listeners.append(listener)
             if summaries is not None:
                 self._summary_listeners.append(summaries)
+            if starts is not None:
+                self._start_listeners.append(starts)
 
     def unsubscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -141,6 +159,12 @@ class Events:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(event)
+
+    def round_started(self, files: int, nbytes: int) -> None:
+        with self._lock:
+            listeners = list(self._start_listeners)
+        for listener in listeners:
+            listener(RoundStart(files, nbytes))
 
     def round_done(self, summary: RoundSummary) -> None:
         with self._lock:
@@ -170,11 +194,14 @@ class Events:
 class LogEvents:
     """The plain display: one INFO line per file event, one per round that did anything."""
 
-    def __init__(self, logger: logging.Logger = log) -> None:
+    def __init__(self, logger: logging.Logger = log, only_warnings: bool = False) -> None:
         self._log = logger
+        self._only_warnings = only_warnings  # beside a live display, which shows the rest
 
     def __call__(self, event: Event) -> None:
         level = logging.WARNING if event.kind in (Kind.FAILED, Kind.CONFLICT) else logging.INFO
+        if self._only_warnings and level < logging.WARNING:
+            return
         detail = f" {event.detail}" if event.detail else ""
         size = f" ({size_text(event.size)})" if event.kind in (Kind.FETCHED, Kind.COPIED) else ""
         self._log.log(level, "%s %s%s%s", event.kind.value, event.path, detail, size)

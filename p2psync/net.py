@@ -63,7 +63,19 @@ def is_loopback(ip: str) -> bool:
 
 
 def lan_address() -> str | None:
-    """A non-loopback address of this machine from its own name, or None. Sends nothing."""
+    """This machine's address on its network, for the join line other machines
+    type; None when it has only loopback. Sends nothing: "connecting" a UDP
+    socket only asks the routing table which source address a packet out would
+    have; the machine's own name is the fallback where there is no route."""
+    for family_, probe in ((socket.AF_INET, "10.255.255.255"), (socket.AF_INET6, "fd00::1")):
+        try:
+            with socket.socket(family_, socket.SOCK_DGRAM) as sock:
+                sock.connect((probe, 9))
+                ip = str(sock.getsockname()[0])
+        except OSError:
+            continue
+        if not is_loopback(ip) and not ipaddress.ip_address(ip).is_unspecified:
+            return ip
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM)
     except OSError:

@@ -139,17 +139,30 @@ class Folder:
     `state`: keep the index in `DIR/.p2psync/` (the p2psync command); without
     it the index lives in memory and nothing is written into the folder but
     synced files (the classic adapter, which serves a classic program's folder).
+    `read_only`: look, change nothing (`p2psync status`, beside a running sync):
+    no lock, the index read as it is, and scans write nothing down.
     """
 
-    def __init__(self, root: str | os.PathLike[str], rules: IgnoreRules | None = None, *, state: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        rules: IgnoreRules | None = None,
+        *,
+        state: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.root = os.path.realpath(root)
         self.rules = rules or IgnoreRules.classic_rules()  # which paths sync
         self._dir_fd = os.open(self.root, DIR_FLAGS)
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._lock_fd = -1
+        self.read_only = read_only
         try:
-            if state:
+            if read_only:
+                state_path = os.path.join(self.root, STATE_DIR)
+                self.index = Index.read_only(state_path) if os.path.isdir(state_path) else Index(None)
+            elif state:
                 state_path = self._state_path(create=True)
                 self.index = Index(state_path)  # before the lock file exists on a first start: see Index
                 self._lock_fd = lock_folder(state_path, self.root)
@@ -299,13 +312,14 @@ class Folder:
             deletion = Deletion(now, row.sha256, bump(row.vector, self.peer_id, now))
             self._own_deletions[path] = deletion
             tombstones.append((path, deletion))
-            log.info("%s was deleted here; the other peers will move it to their trash", path)
+            if not self.read_only:
+                log.info("%s was deleted here; the other peers will move it to their trash", path)
         back = [p for p in found if p in self._own_deletions]
         for path in back:
             del self._own_deletions[path]
         for row in rows:
             self._rows[row.path] = row
-        if rows or gone or back or ignored:
+        if (rows or gone or back or ignored) and not self.read_only:
             self.index.update(rows, gone + ignored, tombstones, back)
 
     def _walk(
@@ -454,6 +468,43 @@ class Folder:
                 rel = os.path.relpath(top, trash)
                 found += [name if rel == "." else f"{rel}/{name}" for name in files]
         return sorted(found)
+
+    def write_note(self, name: str, data: bytes) -> None:
+        """Replace the state folder's file `name` with `data` in one step (a reader
+        sees the old or the new one): what the engine leaves for `p2psync status`."""
+        fd = self._state_dir(create=True)
+        if fd is None or self.read_only:
+            if fd is not None:
+                os.close(fd)
+            return
+        try:
+            part = f"{name}.part"
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600, dir_fd=fd)
+            try:
+                write_all(out, data)
+            finally:
+                os.close(out)
+            os.replace(part, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as exc:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("cannot write %s/%s: %s", STATE_DIR, name, exc)
+        finally:
+            os.close(fd)
+
+    def read_note(self, name: str) -> bytes | None:
+        """The state folder's file `name`, or None."""
+        fd = self._state_dir(create=False)
+        if fd is None:
+            return None
+        try:
+            src = os.open(name, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC, dir_fd=fd)
+            with open(src, "rb") as file:
+                return file.read(16 << 20)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ changing the folder for the network
 

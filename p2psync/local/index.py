@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pathlib
 import secrets
 import sqlite3
 import threading
@@ -88,6 +89,25 @@ class Index:
         self._lock = threading.Lock()
         self._db = self._open()
 
+    @classmethod
+    def read_only(cls, state_dir: str) -> Index:
+        """The index in `state_dir` as it is, for reading only (`p2psync status`,
+        beside a running sync): nothing is created, checked, moved aside or
+        written; a missing or unreadable index reads as an empty one."""
+        index = cls.__new__(cls)
+        index.path = os.path.join(state_dir, INDEX_FILE)
+        index._lock = threading.Lock()
+        try:
+            db = sqlite3.connect(f"{pathlib.Path(index.path).as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if found is None or found[0] != _SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema {found[0] if found else 'unknown'}")
+        except sqlite3.Error:
+            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            db.executescript(_SCHEMA)
+        index._db = db
+        return index
+
     def _open(self) -> sqlite3.Connection:
         fresh = self.path == ":memory:" or not os.path.exists(self.path)
         if fresh and self.path != ":memory:" and os.path.exists(os.path.join(os.path.dirname(self.path), "lock")):
@@ -135,7 +155,8 @@ class Index:
             if found is not None:
                 return str(found[0])
             new = "".join(secrets.choice(_PEER_ID_ALPHABET) for _ in range(7))
-            self._db.execute("INSERT INTO meta VALUES ('peer-id', ?)", (new,))
+            with contextlib.suppress(sqlite3.OperationalError):  # a read-only index keeps it to itself
+                self._db.execute("INSERT INTO meta VALUES ('peer-id', ?)", (new,))
             return new
 
     # ------------------------------------------------------------ files

@@ -42,6 +42,7 @@ from p2psync.protocol import (
     encode_keepalive,
 )
 from p2psync.ratelimit import RateLimiter
+from p2psync.status import NOTE, outcome_note
 from p2psync.sync import Action, Deletion, Version, conflict_name, decide, merge
 from p2psync.transfer import Buffer
 
@@ -163,6 +164,8 @@ class FileSynchronizer(threading.Thread):
         self._held_back = 0  # deletions the brake held back in the last round
         self._settled: tuple[bytes, int] | None = None  # (directory, folder generation) of a round with nothing to do
         self._next_expiry = 0.0
+        self._once = False  # run_once: a tracker failure is the caller's to report, not retried
+        self.tracker_error: str | None = None  # what went wrong with the tracker, until a reply comes
 
     # ------------------------------------------------------------ lifecycle
 
@@ -194,6 +197,25 @@ class FileSynchronizer(threading.Thread):
             delay = self._backoff or (CHANGE_SETTLE_S if watching else self.interval)
             if self._again and not self._backoff:
                 self._again, delay = False, 0.0
+
+    def run_once(self) -> RoundOutcome:
+        """One round, as `p2psync sync --once` runs it: serve, connect, report, bring
+        the folder up to date, and again at once if the tracker turned out to be a
+        p2psync one (the first report is classic-shaped until it answers); then
+        where that left the folder. Call `exit()` afterwards.
+
+        Raises `OSError` when the tracker cannot be reached or fails."""
+        self._once = True
+        self._file_server.start(self.name)
+        self._connect()
+        for _ in range(3):
+            self.sync()
+            if self.tracker_error is not None:
+                raise OSError(self.tracker_error)
+            if not self._again:
+                break
+            self._again = False
+        return self.last_round or RoundOutcome(time.time())
 
     def _wait_for_round(self, delay: float) -> bool:
         """Wait `delay` seconds, or until a watched change (then a moment more, so a
@@ -283,14 +305,16 @@ class FileSynchronizer(threading.Thread):
         """The tracker failed. The classic peer exits here; this one logs, drops the
         connection and lets a later round reconnect, waiting longer each time."""
         self._backoff = min(max(self._backoff * 2, 1.0), self.max_backoff)
-        log.warning(
-            "tracker %s:%d: %s (%s); retrying in %g s",
-            self.trackerhost,
-            self.trackerport,
-            message,
-            exc or "no detail",
-            self._backoff,
-        )
+        self.tracker_error = f"{message} ({exc or 'no detail'})"
+        if not self._once:
+            log.warning(
+                "tracker %s:%d: %s (%s); retrying in %g s",
+                self.trackerhost,
+                self.trackerport,
+                message,
+                exc or "no detail",
+                self._backoff,
+            )
         try:
             self.client.close()
         finally:
@@ -330,6 +354,7 @@ class FileSynchronizer(threading.Thread):
         # KeepAlive was sent because the tracker had it already.
         self._reported = (self._report, self._declare)
         self._first_round = False
+        self.tracker_error = None
         self._expire_old()
         if self._settled == (line, self.folder.generation):
             # The same directory as last round, which found nothing to do, and the
@@ -485,6 +510,7 @@ class FileSynchronizer(threading.Thread):
                 todo.append((path, entry))
         self.folder.agree(agreed)
         if todo:  # before the deletions: a file renamed elsewhere is copied from its old name here
+            self.events.round_started(len(todo), sum(entry.size or 0 for _, entry in todo))
             self._fetch(todo, expect)
             wrote = True
         wrote |= self._apply_deletions(trash)
@@ -508,7 +534,9 @@ class FileSynchronizer(threading.Thread):
         if self._held_back:
             behind += [Behind(path, "", "deletion held back by the brake") for path, _, _ in trash]
         outcome = RoundOutcome(time.time(), tuple(behind), self._held_back)
-        self.last_round = outcome
+        previous, self.last_round = self.last_round, outcome
+        if not self.settings.classic and (previous is None or previous.behind != outcome.behind):
+            self.folder.write_note(NOTE, outcome_note(outcome, f"{self.trackerhost}:{self.trackerport}"))
         summary = self._tally.summary(self._held_back)
         if summary is not None:
             self.events.round_done(summary)

@@ -237,14 +237,20 @@ def _features(obj: Mapping[str, Any], what: str) -> tuple[str, ...]:
     return tuple(f for f in FEATURES if f in raw)  # ours that it knows, in our order
 
 
-def encode_keepalive(port: int, wait: float | None = None) -> bytes:
+def encode_keepalive(port: int, wait: float | None = None, features: Iterable[str] = ()) -> bytes:
     """KeepAlive: `{"port": N}`; with `wait`, `{"port": N, "wait": S}`: a long poll,
-    answered when the directory changes or after S seconds (p2psync trackers)."""
-    if wait is None:
-        return _line({"port": port})
-    if not 0 < wait <= MAX_WAIT_S:
-        raise ValueError(f"wait must be in (0, {MAX_WAIT_S}] seconds, got {wait}")
-    return _line({"port": port, "wait": wait})
+    answered when the directory changes or after S seconds (p2psync trackers).
+    With `features`, a first message that holds nothing but asks for the
+    extended directory (`p2psync status --tracker`)."""
+    obj: dict[str, Any] = {"port": port}
+    if wait is not None:
+        if not 0 < wait <= MAX_WAIT_S:
+            raise ValueError(f"wait must be in (0, {MAX_WAIT_S}] seconds, got {wait}")
+        obj["wait"] = wait
+    features = list(features)
+    if features:
+        obj["features"] = features
+    return _line(obj)
 
 
 def _wait(obj: Mapping[str, Any]) -> float:

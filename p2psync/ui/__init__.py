@@ -1,0 +1,1 @@
+"""The terminal: the live progress display and the status tables (rich)."""
