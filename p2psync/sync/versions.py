@@ -89,8 +89,14 @@ def pick(versions: Iterable[Version]) -> Version | None:
     """The version the network converges on: of those no other version replaces
     (`Version.replaces`), the newest. A function of the versions alone, so every
     tracker and peer picks the same one whatever order the reports came in."""
-    candidates = list(versions)
-    standing = [v for v in candidates if not any(w.replaces(v) for w in candidates)]
+    # Distinct versions only (a thousand holders of one file hold a handful of
+    # versions), and only versions with a vector can replace or be replaced:
+    # without this, a path every peer holds cost the tracker O(peers^2) per report.
+    candidates = list({(v, v.vector): v for v in versions}.values())
+    lineage = [v for v in candidates if v.vector]
+    if len(lineage) < 2:
+        return newest(candidates)
+    standing = [v for v in candidates if not v.vector or not any(w.replaces(v) for w in lineage)]
     return newest(standing or candidates)
 
 
