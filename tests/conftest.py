@@ -13,6 +13,7 @@ import pytest
 
 import p2psync.cli  # noqa: F401  (every module loaded, so the backend fixture reaches all)
 from p2psync import transfer
+from p2psync.config import PeerSettings
 from p2psync.peer import FileSynchronizer
 from p2psync.tracker import Tracker
 
@@ -74,3 +75,33 @@ def make_peer() -> Iterator[Callable[..., FileSynchronizer]]:
     yield make
     for p in made:
         p.exit()
+
+
+FAST = PeerSettings(interval=0.2, first_delay=0.0, max_backoff=0.5, classic=False)
+
+
+@pytest.fixture
+def engine() -> Iterator[Callable[..., FileSynchronizer]]:
+    """Start p2psync peers as the `p2psync sync` command runs them; all stopped after the test."""
+    made: list[FileSynchronizer] = []
+
+    def start(folder: Path, tracker_port: int, **settings: object) -> FileSynchronizer:
+        folder.mkdir(exist_ok=True)
+        peer = FileSynchronizer("127.0.0.1", tracker_port, 0, "127.0.0.1", folder=folder, settings=FAST, **settings)
+        peer.start()
+        made.append(peer)
+        return peer
+
+    yield start
+    for peer in made:
+        peer.exit()
+
+
+@pytest.fixture
+def env(impl: ModuleType) -> dict[str, str]:
+    """The environment that makes a child process use `impl`'s backend."""
+    child = dict(os.environ)
+    child.pop("P2PSYNC_NO_EXTENSIONS", None)
+    if impl.__name__.endswith("_twin"):
+        child["P2PSYNC_NO_EXTENSIONS"] = "1"
+    return child

@@ -17,16 +17,6 @@ import pytest
 from .loopback import free_port, wait_until
 
 
-@pytest.fixture
-def env(impl: ModuleType) -> dict[str, str]:
-    """The environment that makes a child process use `impl`'s backend."""
-    child = dict(os.environ)
-    child.pop("P2PSYNC_NO_EXTENSIONS", None)
-    if impl.__name__.endswith("_twin"):
-        child["P2PSYNC_NO_EXTENSIONS"] = "1"
-    return child
-
-
 class Running:
     """A child process whose output lines are collected as they come."""
 

@@ -12,15 +12,14 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from p2psync.config import DeleteLimit, PeerSettings
+from p2psync.config import DeleteLimit
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder
-from p2psync.peer import FileSynchronizer
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
@@ -28,25 +27,6 @@ from .holders import Holder, sha
 from .loopback import LOOPBACK, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-FAST = PeerSettings(interval=0.2, first_delay=0.0, max_backoff=0.5, classic=False)
-
-
-@pytest.fixture
-def engine() -> Iterator[Callable[..., FileSynchronizer]]:
-    """Start p2psync peers as the `p2psync sync` command runs them; all stopped after the test."""
-    made: list[FileSynchronizer] = []
-
-    def start(folder: Path, tracker_port: int, **settings: object) -> FileSynchronizer:
-        folder.mkdir(exist_ok=True)
-        peer = FileSynchronizer("127.0.0.1", tracker_port, 0, "127.0.0.1", folder=folder, settings=FAST, **settings)
-        peer.start()
-        made.append(peer)
-        return peer
-
-    yield start
-    for peer in made:
-        peer.exit()
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -98,7 +98,11 @@ class Index:
         index.path = os.path.join(state_dir, INDEX_FILE)
         index._lock = threading.Lock()
         try:
-            db = sqlite3.connect(f"{pathlib.Path(index.path).as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            # Beside a running sync (its write-ahead log exists), read as a second reader;
+            # with none, as an unchanging file, which creates no -wal or -shm beside it.
+            live = os.path.exists(index.path + "-wal")
+            query = "mode=ro" if live else "immutable=1"
+            db = sqlite3.connect(f"{pathlib.Path(index.path).as_uri()}?{query}", uri=True, check_same_thread=False)
             found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if found is None or found[0] != _SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema {found[0] if found else 'unknown'}")
