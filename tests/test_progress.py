@@ -1,0 +1,99 @@
+"""What a person sees: the live display in a real terminal (tmux), the display's
+content from real events, plain output off a terminal, and the bandwidth limit
+moving every byte (both backends)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from p2psync.events import Events, Kind
+from p2psync.ui.progress import LiveDisplay
+
+from .loopback import LOOPBACK, wait_until
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+
+def test_the_display_shows_transfers_the_round_and_events() -> None:
+    events = Events()
+    console = Console(record=True, width=120, force_terminal=True, color_system=None)
+    display = LiveDisplay(events, console)
+    events.round_started(3, 4 << 20)
+    events.emit(Kind.FETCHED, "docs/small.txt", 1 << 20, "from 127.0.0.1:8001")
+    events.emit(Kind.CONFLICT, "plan.txt", 10, "kept this peer's version as plan.sync-conflict-x.txt")
+    with tempfile.TemporaryFile() as part:
+        part.write(b"x" * (1 << 20))  # a quarter of a 4 MiB download has arrived
+        with events.transfer("videos/big.mkv", 4 << 20, part.fileno()):
+            console.print(display._render())
+    screen = console.export_text()
+    assert "videos/big.mkv" in screen and "1.0 MiB / 4.0 MiB" in screen and " 25%" in screen
+    assert "/s" in screen and "ETA" in screen
+    assert "round: 2 of 3 files" in screen  # files left, bytes left, rate, ETA
+    assert "fetched   docs/small.txt" in screen and "conflict  plan.txt" in screen
+    assert events.in_flight() == []  # gone when its block ends, before its file closes
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (Debian: apt-get install tmux)")
+def test_the_live_display_in_a_real_terminal(tmp_path: Path, env, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "big.bin").write_bytes(os.urandom(24 << 20))
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    wait_until(lambda: "big.bin" in tracker.directory.entries(), 20, "a to report")
+    settings = {k: v for k, v in env.items() if k.startswith(("P2PSYNC", "PYTHON", "PATH", "HOME"))}
+    command = " ".join(
+        [
+            "env",
+            *(shlex.quote(f"{k}={v}") for k, v in settings.items()),
+            shlex.quote(sys.executable),
+            "-m p2psync.cli sync",
+            shlex.quote(str(b)),
+            f"--tracker {LOOPBACK}:{tracker.port} --port 0 --max-rate 4M",
+        ]
+    )
+    server = f"p2psync-test-{os.getpid()}-{tmp_path.name}"
+    tmux = ["tmux", "-L", server]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "30", command], check=True, timeout=20)
+    try:
+
+        def screen() -> str:
+            shot = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True, timeout=10)
+            return shot.stdout
+
+        wait_until(lambda: "big.bin" in screen() and "%" in screen() and "/s" in screen(), 30, "the display")
+        shown = screen()
+        line = next(row for row in shown.splitlines() if "big.bin" in row and "%" in row)
+        assert "MiB/s" in line or "KiB/s" in line, shown
+        assert "ETA" in line and "round:" in shown, shown
+        assert "Traceback" not in shown
+        wait_until(lambda: (b / "big.bin").exists(), 60, "the download to finish")
+        assert (b / "big.bin").read_bytes() == (a / "big.bin").read_bytes()
+    finally:
+        subprocess.run([*tmux, "kill-server"], timeout=10, check=False)
+
+
+def test_rate_limited_peers_move_every_byte(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    big = os.urandom(3 << 20)  # alone, resumable, received in slices
+    small = {f"s/{i}.txt": os.urandom(5000) for i in range(30)}  # pipelined, each body taken from the bucket
+    (a / "big.bin").write_bytes(big)
+    (a / "s").mkdir()
+    for name, data in small.items():
+        (a / name).write_bytes(data)
+    tracker = start_tracker()
+    engine(a, tracker.port, max_rate=16 << 20)  # uploads limited ...
+    engine(b, tracker.port, max_rate=8 << 20)  # ... and downloads
+    wait_until(lambda: (b / "big.bin").exists() and len(list((b / "s").glob("*"))) == 30, 30, "every file")
+    assert (b / "big.bin").read_bytes() == big
+    assert {f"s/{p.name}": p.read_bytes() for p in (b / "s").iterdir()} == small
