@@ -75,7 +75,7 @@ class RoundSummary:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        parts = [f"{self.fetched} fetched ({size_text(self.bytes)} in {self.seconds:.1f} s, {size_text(self.rate)}/s)"]
+        parts = [f"{self.fetched} fetched ({size_text(self.bytes)} in {self.seconds:.2f} s, {size_text(self.rate)}/s)"]
         for count, what in (
             (self.copied, "copied locally"),
             (self.trashed, "moved to trash"),
