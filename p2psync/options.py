@@ -238,6 +238,7 @@ class Resolved:
 
     values: Mapping[str, Any]  # by key
     sources: Mapping[str, str]  # by key: "command line", the config file's path, or "default"
+    unset: Mapping[str, str]  # by key: what an option left unset means
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -246,13 +247,14 @@ class Resolved:
         """`--print-config`: one `key = value  # source` line per option, TOML-shaped."""
         lines = []
         for key, value in self.values.items():
-            lines.append(f"{key} = {_toml_value(value)}  # {self.sources[key]}")
+            if value is None:  # unset: as a comment, so the output is a valid config file
+                lines.append(f"# {key} is unset ({self.unset[key]})  # {self.sources[key]}")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}  # {self.sources[key]}")
         return "\n".join(lines)
 
 
 def _toml_value(value: Any) -> str:
-    if value is None:
-        return '""  (unset)'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -300,4 +302,5 @@ def resolve(options: Sequence[Option], args: argparse.Namespace, config_file: st
             values[option.key], sources[option.key] = from_file[option.key], str(config_file)
         else:
             values[option.key], sources[option.key] = option.default, "default"
-    return Resolved(values, sources)
+    unset = {option.key: option.shown_default or "none" for option in options}
+    return Resolved(values, sources, unset)
