@@ -124,12 +124,25 @@ def test_the_encoded_reply_is_built_once_per_change() -> None:
 
 def test_loopback_holders_are_aliased_for_remote_peers() -> None:
     d = Directory()
-    d.report(C, [FileInfo("f", 1)])
+    d.report(C, [FileInfo("f", 1), FileInfo("only-c", 1)])
     d.report(A, [FileInfo("f", 1)])
     remote_view = decode_directory(d.encoded("192.0.2.7"))
-    assert remote_view["f"].ip == "192.0.2.7"
-    assert remote_view["f"].sources == (("192.0.2.7", 8003), A)
-    assert decode_directory(d.encoded())["f"].ip == "127.0.0.1"
+    assert remote_view["only-c"].ip == "192.0.2.7"  # the loopback holder, as a remote peer must reach it
+    assert remote_view["f"].sources == (A, ("192.0.2.7", 8003))
+    assert decode_directory(d.encoded())["only-c"].ip == "127.0.0.1"
+
+
+def test_the_holder_of_a_tie_is_the_same_whatever_the_report_order() -> None:
+    first, second = Directory(), Directory()
+    for peer in (A, B, C):
+        first.report(peer, [FileInfo("f", 5, 3, "a" * 64)])
+    for peer in (C, B, A):
+        second.report(peer, [FileInfo("f", 5, 3, "a" * 64)])
+    assert first.entries() == second.entries()
+    assert (first.entries()["f"].ip, first.entries()["f"].port) == A  # the lowest (ip, port)
+    first.forget(A)
+    second.forget(A)
+    assert first.entries() == second.entries()
 
 
 def test_is_loopback() -> None:

@@ -19,7 +19,7 @@ Sans-IO: no sockets, clocks or threads.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from p2psync.net import is_loopback
 from p2psync.paths import is_classic_name
@@ -32,12 +32,6 @@ PeerKey = tuple[str, int]  # (ip as the tracker saw it, file-serving port)
 MAX_TOMBSTONES = 100_000  # deletions kept; past it, the oldest go first
 TOMBSTONE_AGE_S = 30 * 86400  # a deletion is listed this long after it happened
 _PER_PATH = 8  # deletions of different versions of one path
-
-
-@dataclass(frozen=True)
-class _Chosen:
-    holder: PeerKey
-    info: FileInfo
 
 
 def _same_version(a: FileInfo, b: FileInfo) -> bool:
@@ -53,7 +47,6 @@ class Directory:
     def __init__(self, max_tombstones: int = MAX_TOMBSTONES, tombstone_age_s: float = TOMBSTONE_AGE_S) -> None:
         self._peers: dict[PeerKey, dict[str, FileInfo]] = {}
         self._holders: dict[str, dict[PeerKey, FileInfo]] = {}
-        self._chosen: dict[str, _Chosen] = {}
         self._entries: dict[str, DirectoryEntry] = {}
         self._deleted: dict[str, dict[str, Deletion]] = {}  # path -> (sha256 or "") -> newest deletion of it
         self._tombstones = 0
@@ -164,30 +157,22 @@ class Directory:
         holders = self._holders.get(name)
         if not holders:
             self._holders.pop(name, None)
-            self._chosen.pop(name, None)
             return None
         deletions = tuple(self._deleted.get(name, {}).values())
         versions: dict[PeerKey, Version] = {p: i.version() for p, i in holders.items()}
         alive = {p: v for p, v in versions.items() if not any(d.kills(v) for d in deletions)}
         winner = pick(alive.values())
         if winner is None:  # every version it holds was deleted: nothing to offer
-            self._chosen.pop(name, None)
             return None
-        current = self._chosen.get(name)
-        if current is not None and current.holder in alive and holders[current.holder] == current.info:
-            chosen = current if current.info.version() == winner else None
-        else:
-            chosen = None
-        if chosen is None:
-            # dicts keep insertion order: the earliest reporter of the winning version
-            holder = next(p for p in alive if versions[p] == winner)
-            chosen = _Chosen(holder, holders[holder])
-        self._chosen[name] = chosen
-        info = chosen.info
-        sources = tuple(p for p, i in holders.items() if p in alive and _same_version(i, info))
+        # Of the peers holding the winning version, the lowest (ip, port): a function of
+        # who holds what, not of the order reports came in, so trackers sharing one
+        # swarm all name the same holder.
+        holder = min(p for p in alive if versions[p] == winner)
+        info = holders[holder]
+        sources = tuple(sorted(p for p, i in holders.items() if p in alive and _same_version(i, info)))
         return DirectoryEntry(
-            ip=chosen.holder[0],
-            port=chosen.holder[1],
+            ip=holder[0],
+            port=holder[1],
             mtime=info.mtime,
             size=info.size,
             sha256=info.sha256,
