@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2psync.errors import ProtocolError
 from p2psync.net import is_loopback
-from p2psync.protocol import DirectoryEntry, FileInfo, decode_directory, decode_listing
+from p2psync.protocol import DirectoryEntry, FileInfo, apply_delta, decode_directory, decode_listing
 from p2psync.sync import Deletion
 from p2psync.tracker.directory import Directory
 
@@ -149,3 +154,71 @@ def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.1.2.3") and is_loopback("::1")
     assert is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("10.0.0.1") and not is_loopback("not an ip")
+
+
+# ------------------------------------------------------------------ delta directories
+
+PEERS = [("10.0.0.1", 8001), ("10.0.0.2", 8002), ("127.0.0.1", 8003)]
+NAMES = ["a", "b", "d/c", "d/e"]
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("report"),
+            st.sampled_from(PEERS),
+            st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 4)), max_size=4),
+        ),
+        st.tuples(st.just("forget"), st.sampled_from(PEERS), st.just([])),
+        st.tuples(st.just("delete"), st.sampled_from(PEERS), st.lists(st.sampled_from(NAMES), max_size=2)),
+        st.tuples(st.just("expire"), st.sampled_from(PEERS), st.just([])),
+        st.tuples(st.just("snapshot"), st.sampled_from(PEERS), st.just([])),
+    ),
+    max_size=25,
+)
+
+
+def _whole(d: Directory, alias: str | None) -> tuple[dict, dict]:
+    listing = decode_listing(d.encoded(alias, extended=True))
+    return listing.files, listing.deleted
+
+
+@given(OPS, st.integers(2, 40))
+def test_a_delta_applied_to_a_stale_peer_equals_the_whole_directory(ops, max_log: int) -> None:
+    d = Directory(max_log=max_log)
+    snapshots = []
+    clock = 1000
+    for op, peer, arg in ops:
+        clock += 1
+        if op == "report":
+            d.report(peer, [FileInfo(n, m, m, str(m) * 64) for n, m in dict(arg).items()])
+        elif op == "forget":
+            d.forget(peer)
+        elif op == "delete":
+            d.report(peer, [], [(n, Deletion(clock, str(clock % 9) * 64)) for n in arg])
+        elif op == "expire":
+            d.tombstone_age_s = 5
+            d.expire(clock)
+        for alias in (None, "192.0.2.7"):
+            if op == "snapshot" or len(snapshots) < 2:
+                snapshots.append((alias, decode_listing(d.encoded(alias, extended=True))))
+    for alias, stale in snapshots:
+        assert stale.generation is not None
+        reply = decode_listing(d.encoded(alias, extended=True, since=stale.generation))
+        current = apply_delta(stale, reply)
+        assert (current.files, current.deleted) == _whole(d, alias)
+        assert current.generation == d.token
+
+
+def test_an_idle_peer_gets_a_few_bytes_and_a_stranger_gets_everything() -> None:
+    d = Directory()
+    for i, peer in enumerate(PEERS):
+        d.report(peer, [FileInfo(f"f{i}-{j}", 100 + j, 10, "a" * 64) for j in range(100)])
+    whole = d.encoded(None, extended=True)
+    idle = d.encoded(None, extended=True, since=d.token)
+    assert len(idle) < 120 < len(whole) // 100  # nothing changed: next to nothing sent
+    assert decode_listing(idle).files == {} and decode_listing(idle).since == d.token
+    other = Directory()
+    assert decode_listing(other.encoded(None, True, since=d.token)).since is None  # another tracker's token
+    assert decode_listing(d.encoded(None, True, since="junk.7")).since is None
+    assert d.encoded(None, extended=False) == d.encoded(None, extended=False)  # classic replies untouched
+    with pytest.raises(ProtocolError):
+        decode_listing(b'{"p2psync": 1, "files": {}, "since": "x.1"}\n')  # a delta without its generation

@@ -508,3 +508,20 @@ def test_small_files_from_many_holders_all_arrive(tmp_path: Path, start_tracker,
     wait_until(lambda: not receiver._first_round, 20, "the receiver's first round")
     receiver.sync()
     assert len(tree(tmp_path / "r")) == 15
+
+
+def test_peers_follow_the_directory_by_deltas(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "one.txt", "1")
+    tracker = start_tracker()
+    pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    wait_until(converged(a, b), 20, "the first sync")
+    # Both now say which generation they hold, so their idle rounds get deltas of a few bytes.
+    conns = tracker._connections
+    wait_until(lambda: all(c.since == tracker.directory.token for c in list(conns.values())), 20, "deltas")
+    write(a / "sub/two.txt", "2")
+    (a / "one.txt").unlink()
+    wait_until(lambda: tree(b) == {"sub/two.txt": b"2"}, 20, "the change, by a delta")
+    assert trash(b) == {"one.txt": b"1"}
+    assert pb._listing is not None and set(pb._listing.files) == {"sub/two.txt"}
+    assert set(pb._listing.deleted) == {"one.txt"} and pa.is_alive()

@@ -36,6 +36,7 @@ from p2psync.protocol import (
     DirectoryEntry,
     FileInfo,
     Listing,
+    apply_delta,
     decode_entry,
     decode_listing,
     encode_init,
@@ -132,6 +133,9 @@ class FileSynchronizer(threading.Thread):
         # classic bytes. The replies say whether the tracker is a p2psync one.
         self._declare = not settings.classic
         self._tracker_extended: bool | None = None  # None: not known yet (no reply on this connection)
+        # The whole directory as of the tracker's generation `_generation`: a delta reply applies to it.
+        self._listing: Listing | None = None
+        self._generation: str | None = None
         self._reported: tuple[Any, ...] | None = None  # what the tracker has from us: (report, declared)
         self._report = self._report_now()
         self._report_generation = self.folder.generation
@@ -322,6 +326,7 @@ class FileSynchronizer(threading.Thread):
             self._reader = None
             self._owed, self._polling = 0, False
             self._tracker_extended = None  # a new connection, maybe a new tracker
+            self._listing = self._generation = None  # and its generations mean nothing to another one
             self._settled = None
             self._reported = None  # a new connection starts with a full Init
             self._set_next_message()
@@ -367,6 +372,16 @@ class FileSynchronizer(threading.Thread):
         except ProtocolError as exc:
             self.fatal_tracker("The tracker sent a malformed directory", exc)
             return
+        if listing.since is not None:
+            if self._listing is None or listing.since != self._generation:
+                # A delta from a generation this peer does not hold: ask for the whole directory now.
+                log.debug("tracker sent a delta since %s; this peer holds %s", listing.since, self._generation)
+                self._listing = self._generation = None
+                self._again = True
+                self._set_next_message(current=opened)
+                return
+            listing = apply_delta(self._listing, listing)
+        self._listing, self._generation = (listing, listing.generation) if listing.generation else (None, None)
         self._backoff = 0.0
         self._learn_tracker(listing)
         if not self._declare:  # the classic adapter's first Init has gone: now say what we can do, at once
@@ -414,7 +429,12 @@ class FileSynchronizer(threading.Thread):
 
     def _encode_report(self, report: tuple[tuple[FileInfo, ...], tuple[tuple[str, Deletion], ...]]) -> bytes:
         infos, deleted = report
-        return encode_init(self.port, infos, FEATURES if self._declare else (), deleted)
+        return encode_init(self.port, infos, FEATURES if self._declare else (), deleted, self._since())
+
+    def _since(self) -> str | None:
+        """The generation to ask a delta from: the last whole directory's, when this tracker makes deltas."""
+        listing = self._listing
+        return self._generation if listing is not None and "delta" in listing.features else None
 
     def _set_next_message(self, current: bool = False) -> None:
         """Init when the folder differs from what the tracker has, else KeepAlive.
@@ -432,7 +452,7 @@ class FileSynchronizer(threading.Thread):
         else:
             # Watching, a KeepAlive is a long poll: a p2psync tracker answers it when the directory changes.
             self._msg_waits = self._watcher is not None and self._watcher.alive and self._tracker_extended is True
-            self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None)
+            self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None, since=self._since())
 
     def _needs_scan(self, current: bool) -> bool:
         """Nothing wrote to the folder since a `current` scan: no. Else, without a

@@ -23,10 +23,12 @@ MAX_WAIT_S = 60  # longest a tracker may hold a long-poll KeepAlive's reply (wel
 # What a p2psync program can do beyond the classic protocol; a peer declares the
 # ones it knows in its Init, a p2psync tracker answers in the extended shape with
 # those both know. "tree": paths with `/` and names the classic rule leaves out;
-# "deleted": tombstones; "wait": long polls.
-FEATURES = ("tree", "deleted", "wait")
+# "deleted": tombstones; "wait": long polls; "delta": replies with only what
+# changed since the generation a peer last saw.
+FEATURES = ("tree", "deleted", "wait", "delta")
 EXTENDED_MARK = "p2psync"  # the key of an extended reply: never a classic entry (its value is a number)
 _PEER_ID = re.compile(r"^[0-9A-Za-z]{1,16}$")
+_GENERATION = re.compile(r"^[0-9A-Za-z.:_-]{1,64}$")  # opaque to peers: a tracker's epoch and counter
 MAX_VECTOR = 64  # peers in one version vector: one per peer that ever changed the file
 MAX_DELETIONS_PER_PATH = 8  # deletions of different versions of one path the tracker lists
 
@@ -76,6 +78,7 @@ class PeerMessage:
     wait: float = 0.0
     features: tuple[str, ...] = ()  # what this p2psync peer can do (none: a classic peer)
     deleted: tuple[tuple[str, Deletion], ...] = ()  # its tombstones, with `files`
+    since: str | None = None  # the directory generation it holds: a delta reply will do
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ def encode_init(
     files: Iterable[FileInfo],
     features: Iterable[str] = (),
     deleted: Iterable[tuple[str, Deletion]] = (),
+    since: str | None = None,
 ) -> bytes:
     """Init: the peer's serving port and its full file list, exactly as a classic
     peer (p2psync peers add what they can do, and their tombstones)."""
@@ -210,6 +214,8 @@ def encode_init(
     tombstones = [_deletion_json(name, d) for name, d in deleted]
     if tombstones:
         obj["deleted"] = tombstones
+    if since is not None:
+        obj["since"] = since
     return _line(obj)
 
 
@@ -237,7 +243,9 @@ def _features(obj: Mapping[str, Any], what: str) -> tuple[str, ...]:
     return tuple(f for f in FEATURES if f in raw)  # ours that it knows, in our order
 
 
-def encode_keepalive(port: int, wait: float | None = None, features: Iterable[str] = ()) -> bytes:
+def encode_keepalive(
+    port: int, wait: float | None = None, features: Iterable[str] = (), since: str | None = None
+) -> bytes:
     """KeepAlive: `{"port": N}`; with `wait`, `{"port": N, "wait": S}`: a long poll,
     answered when the directory changes or after S seconds (p2psync trackers).
     With `features`, a first message that holds nothing but asks for the
@@ -250,6 +258,8 @@ def encode_keepalive(port: int, wait: float | None = None, features: Iterable[st
     features = list(features)
     if features:
         obj["features"] = features
+    if since is not None:
+        obj["since"] = since
     return _line(obj)
 
 
@@ -262,6 +272,15 @@ def _wait(obj: Mapping[str, Any]) -> float:
     return float(value)
 
 
+def _since(obj: Mapping[str, Any], what: str) -> str | None:
+    value = obj.get("since")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _GENERATION.match(value):
+        raise ProtocolError(f"{what}: 'since' must be a generation a tracker sent, got {_shown(json.dumps(value))}")
+    return value
+
+
 def decode_peer_message(line: bytes) -> PeerMessage:
     """Parse one line from a peer. Raises `ProtocolError` on anything malformed.
 
@@ -271,8 +290,9 @@ def decode_peer_message(line: bytes) -> PeerMessage:
     obj = _load_object(line, "peer message")
     port = _port(obj, "peer message")
     features = _features(obj, "peer message")
+    since = _since(obj, "peer message")
     if "files" not in obj or obj["files"] is None:
-        return PeerMessage(port, None, _wait(obj), features)
+        return PeerMessage(port, None, _wait(obj), features, since=since)
     raw = obj["files"]
     if not isinstance(raw, list):
         raise ProtocolError(f"peer message: 'files' must be a list, not {type(raw).__name__}")
@@ -300,7 +320,7 @@ def decode_peer_message(line: bytes) -> PeerMessage:
     for i, item in enumerate(raw_deleted):
         what = f"peer message: deleted[{i}]"
         deleted.append((_name(item if isinstance(item, dict) else {}, what), _decode_deletion(item, what)))
-    return PeerMessage(port, tuple(files), 0.0, features, tuple(deleted))
+    return PeerMessage(port, tuple(files), 0.0, features, tuple(deleted), since)
 
 
 # ---------------------------------------------------------------- tracker -> peer
@@ -342,20 +362,55 @@ class Listing:
     extended: bool
     features: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()  # (name, why): one bad entry poisons nothing
+    generation: str | None = None  # the tracker's generation of this directory (extended replies)
+    since: str | None = None  # a delta: only what changed since this generation (see `apply_delta`)
+    removed: tuple[str, ...] = ()  # a delta: paths no longer listed
+
+
+def apply_delta(base: Listing, delta: Listing) -> Listing:
+    """The whole directory: `base` (the listing of generation `delta.since`) with
+    `delta` applied. In a delta, every path whose deletions changed carries its
+    whole list of deletions, an empty one when they are gone; what the tracker
+    can do is as the whole directory said."""
+    if delta.since is None:
+        return delta
+    files = {name: entry for name, entry in base.files.items() if name not in delta.removed}
+    files.update(delta.files)
+    deleted = dict(base.deleted)
+    for name, ds in delta.deleted.items():
+        if ds:
+            deleted[name] = ds
+        else:
+            deleted.pop(name, None)
+    return Listing(files, deleted, delta.extended, base.features, delta.skipped, delta.generation)
 
 
 def encode_listing(
-    entries: Mapping[str, DirectoryEntry], deleted: Mapping[str, Iterable[Deletion]], features: Iterable[str]
+    entries: Mapping[str, DirectoryEntry],
+    deleted: Mapping[str, Iterable[Deletion]],
+    features: Iterable[str],
+    generation: str | None = None,
+    since: str | None = None,
+    removed: Iterable[str] = (),
 ) -> bytes:
-    """The extended reply, for peers that declared features: one JSON object, one line."""
-    return _line(
-        {
-            EXTENDED_MARK: 1,
-            "features": list(features),
-            "files": {name: entry.to_json() for name, entry in entries.items()},
-            "deleted": {name: [_deletion_json(name, d) for d in ds] for name, ds in deleted.items() if ds},
-        }
-    )
+    """The extended reply, for peers that declared features: one JSON object, one
+    line. With `since`, a delta (see `apply_delta`): `entries` and `deleted` hold
+    only the paths changed since that generation, and `removed` the paths gone."""
+    obj: dict[str, Any] = {EXTENDED_MARK: 1}
+    files = {name: entry.to_json() for name, entry in entries.items()}
+    tombstones = {
+        name: [_deletion_json(name, d) for d in ds]
+        for name, ds in ((n, list(ds)) for n, ds in deleted.items())
+        if ds or since is not None
+    }
+    if since is None:
+        obj.update(features=list(features), files=files, deleted=tombstones)
+    else:  # a delta says only what changed: an idle peer's reply is a few dozen bytes
+        obj.update({k: v for k, v in (("files", files), ("deleted", tombstones), ("removed", list(removed))) if v})
+        obj["since"] = since
+    if generation is not None:
+        obj["generation"] = generation
+    return _line(obj)
 
 
 def decode_listing(line: bytes) -> Listing:
@@ -366,8 +421,10 @@ def decode_listing(line: bytes) -> Listing:
     named in `skipped`, so one hostile holder cannot stop a whole round.
     """
     obj = _load_object(line, "directory")
-    extended = obj.get(EXTENDED_MARK) == 1 and isinstance(obj.get("files"), dict)
-    raw_files = obj["files"] if extended else obj
+    extended = obj.get(EXTENDED_MARK) == 1 and (isinstance(obj.get("files"), dict) or "since" in obj)
+    raw_files = obj.get("files", {}) if extended else obj
+    if not isinstance(raw_files, dict):
+        raise ProtocolError("directory: 'files' must be an object")
     if len(raw_files) > MAX_FILES_PER_MESSAGE:
         raise ProtocolError(f"directory lists {len(raw_files)} files (limit {MAX_FILES_PER_MESSAGE})")
     files: dict[str, DirectoryEntry] = {}
@@ -379,7 +436,10 @@ def decode_listing(line: bytes) -> Listing:
             skipped.append((name, str(exc)))
     deleted: dict[str, tuple[Deletion, ...]] = {}
     features: tuple[str, ...] = ()
+    generation = since = None
+    removed: tuple[str, ...] = ()
     if extended:
+        generation, since, removed = _delta_fields(obj)
         try:
             features = _features(obj, "directory")
         except ProtocolError as exc:
@@ -394,7 +454,24 @@ def decode_listing(line: bytes) -> Listing:
                 deleted[name] = tuple(_decode_deletion(d, f"deletion of {_shown(name)}") for d in items)
             except ProtocolError as exc:
                 skipped.append((name, str(exc)))
-    return Listing(files, deleted, extended, features, tuple(skipped))
+    return Listing(files, deleted, extended, features, tuple(skipped), generation, since, removed)
+
+
+def _delta_fields(obj: Mapping[str, Any]) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(generation, since, removed) of an extended reply. A delta that cannot be
+    read is an error (applying half of one would leave a wrong directory)."""
+    generation = obj.get("generation")
+    if generation is not None and (not isinstance(generation, str) or not _GENERATION.match(generation)):
+        raise ProtocolError(f"directory: bad 'generation' {_shown(json.dumps(generation))}")
+    since = _since(obj, "directory")
+    if since is None:
+        return generation, None, ()
+    removed = obj.get("removed", [])
+    if generation is None or not isinstance(removed, list) or not all(isinstance(n, str) for n in removed):
+        raise ProtocolError("directory: a delta needs a 'generation' and a 'removed' list of paths")
+    if len(removed) > MAX_FILES_PER_MESSAGE:
+        raise ProtocolError(f"directory removes {len(removed)} files (limit {MAX_FILES_PER_MESSAGE})")
+    return generation, since, tuple(removed)
 
 
 def decode_directory(line: bytes) -> dict[str, DirectoryEntry]:

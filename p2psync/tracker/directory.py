@@ -8,16 +8,20 @@ of the directory). The version listed is `sync.versions.pick` of those no
 deletion kills: a function of the versions alone (the newest, a tie to the
 larger hash, and a version made from another always over it), so every
 tracker lists the same one whatever order reports came in; among the holders
-of that version, the one already chosen stays. Deletions (tombstones) are
+of that version, the lowest (ip, port). Deletions (tombstones) are
 kept after the peer that reported them leaves, bounded in age and number.
 The encoded replies (classic: only what a classic peer could have made
 itself, no deletions; extended, for p2psync peers) are cached and rebuilt
 only after a change, since every message of every peer is answered with one.
-Sans-IO: no sockets, clocks or threads.
+Every change is logged (generation, path), so a p2psync peer that says which
+generation it holds gets only what changed since (a delta): an idle swarm's
+replies shrink to a few bytes. Sans-IO: no sockets, clocks or threads.
 """
 
 from __future__ import annotations
 
+import bisect
+import secrets
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -32,6 +36,8 @@ PeerKey = tuple[str, int]  # (ip as the tracker saw it, file-serving port)
 MAX_TOMBSTONES = 100_000  # deletions kept; past it, the oldest go first
 TOMBSTONE_AGE_S = 30 * 86400  # a deletion is listed this long after it happened
 _PER_PATH = 8  # deletions of different versions of one path
+MAX_LOG = 200_000  # changes remembered for deltas; a peer further behind gets the whole directory
+_FILE, _DELETION = 0, 1  # what changed at a path: its entry, or its deletions
 
 
 def _same_version(a: FileInfo, b: FileInfo) -> bool:
@@ -44,7 +50,10 @@ def _same_version(a: FileInfo, b: FileInfo) -> bool:
 class Directory:
     """The version every path converges on, its live holders, and recent deletions."""
 
-    def __init__(self, max_tombstones: int = MAX_TOMBSTONES, tombstone_age_s: float = TOMBSTONE_AGE_S) -> None:
+    def __init__(
+        self, max_tombstones: int = MAX_TOMBSTONES, tombstone_age_s: float = TOMBSTONE_AGE_S, max_log: int = MAX_LOG
+    ) -> None:
+        self.max_log = max_log
         self._peers: dict[PeerKey, dict[str, FileInfo]] = {}
         self._holders: dict[str, dict[PeerKey, FileInfo]] = {}
         self._entries: dict[str, DirectoryEntry] = {}
@@ -53,7 +62,15 @@ class Directory:
         self.max_tombstones = max_tombstones
         self.tombstone_age_s = tombstone_age_s
         self._encoded: dict[tuple[str | None, bool], bytes] = {}  # by (loopback alias, extended), see encoded()
+        self._deltas: dict[tuple[str | None, int], bytes] = {}  # by (loopback alias, since)
         self.generation = 0  # goes up whenever an entry or a deletion changes
+        # A generation means something only to this directory: its token carries an epoch,
+        # so a peer's token from another tracker (or an earlier run) asks for the whole directory.
+        self.epoch = secrets.token_hex(4)
+        self._touched: set[tuple[str, int]] = set()  # changes since the last generation: (path, what)
+        self._log: list[tuple[str, int]] = []  # (path, what) per change, in generation order ...
+        self._log_generations: list[int] = []  # ... and each one's generation
+        self._log_floor = 0  # the log holds every change after this generation
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,6 +109,7 @@ class Directory:
         if old is None:
             self._tombstones += 1
         kept[key] = deletion
+        self._touched.add((name, _DELETION))
         if len(kept) > _PER_PATH:
             del kept[min(kept, key=lambda k: kept[k].time)]
             self._tombstones -= 1
@@ -108,6 +126,7 @@ class Directory:
         kept = self._deleted.get(name)
         if kept is not None and kept.pop(key, None) is not None:
             self._tombstones -= 1
+            self._touched.add((name, _DELETION))
             if not kept:
                 del self._deleted[name]
 
@@ -141,6 +160,7 @@ class Directory:
             entry = self._choose(name)
             if entry != self._entries.get(name) or (entry is not None and entry.vector != self._entries[name].vector):
                 changed = True
+                self._touched.add((name, _FILE))
                 if entry is None:
                     self._entries.pop(name, None)
                 else:
@@ -151,7 +171,32 @@ class Directory:
 
     def _changed(self) -> None:
         self._encoded.clear()
+        self._deltas.clear()
         self.generation += 1
+        self._log.extend(self._touched)
+        self._log_generations.extend([self.generation] * len(self._touched))
+        self._touched.clear()
+        if len(self._log) > self.max_log:  # forget the older half: peers that far behind get everything
+            cut = len(self._log) // 2
+            self._log_floor = self._log_generations[cut - 1]
+            while cut < len(self._log) and self._log_generations[cut] == self._log_floor:
+                cut += 1  # never half a generation
+            del self._log[:cut], self._log_generations[:cut]
+
+    @property
+    def token(self) -> str:
+        """This generation as peers see it (`"generation"` in extended replies)."""
+        return f"{self.epoch}.{self.generation}"
+
+    def _delta_start(self, since: str | None) -> int | None:
+        """The generation a peer's token names, if a delta from it can be built."""
+        if since is None:
+            return None
+        epoch, _, number = since.partition(".")
+        if epoch != self.epoch or not number.isdigit():
+            return None
+        start = int(number)
+        return start if self._log_floor <= start <= self.generation else None
 
     def _choose(self, name: str) -> DirectoryEntry | None:
         holders = self._holders.get(name)
@@ -189,7 +234,7 @@ class Directory:
         """The deletions kept, by path."""
         return {name: tuple(ds.values()) for name, ds in self._deleted.items()}
 
-    def encoded(self, loopback_alias: str | None = None, extended: bool = False) -> bytes:
+    def encoded(self, loopback_alias: str | None = None, extended: bool = False, since: str | None = None) -> bytes:
         """The reply line, built once per change (and per alias and shape).
 
         `extended`: the reply for p2psync peers (every path, and the deletions);
@@ -200,23 +245,49 @@ class Directory:
         which means nothing to a peer on another machine: for that peer,
         `loopback_alias` (the tracker address it connected to, which reaches
         the same machine) stands in for it.
+
+        `since` (extended only): the token of the generation the peer holds; the
+        reply is then only what changed since, when the log reaches back that far.
         """
+        start = self._delta_start(since) if extended else None
+        if start is not None:
+            return self._delta(loopback_alias, start, since or "")
         key = (loopback_alias, extended)
         line = self._encoded.get(key)
         if line is None:
             entries = self._entries if loopback_alias is None else self._aliased(loopback_alias)
             if extended:
-                line = encode_listing(entries, self.deletions(), FEATURES)
+                line = encode_listing(entries, self.deletions(), FEATURES, self.token)
             else:
                 line = encode_directory({n: e for n, e in entries.items() if is_classic_name(n)})
             self._encoded[key] = line
         return line
 
-    def _aliased(self, alias: str) -> dict[str, DirectoryEntry]:
-        def fix(ip: str) -> str:
-            return alias if is_loopback(ip) else ip
+    def _delta(self, alias: str | None, start: int, since: str) -> bytes:
+        key = (alias, start)
+        line = self._deltas.get(key)
+        if line is None:
+            first = bisect.bisect_right(self._log_generations, start)
+            changed = set(self._log[first:])
+            files = {path for path, what in changed if what == _FILE}
+            deleted = {path for path, what in changed if what == _DELETION}
+            entries = {p: self._entries[p] for p in sorted(files) if p in self._entries}
+            if alias is not None:
+                entries = {p: _alias(e, alias) for p, e in entries.items()}
+            removed = sorted(p for p in files if p not in self._entries)
+            tombstones = {p: tuple(self._deleted.get(p, {}).values()) for p in sorted(deleted)}
+            line = encode_listing(entries, tombstones, FEATURES, self.token, since, removed)
+            self._deltas[key] = line
+        return line
 
-        return {
-            name: replace(e, ip=fix(e.ip), sources=tuple((fix(ip), port) for ip, port in e.sources))
-            for name, e in self._entries.items()
-        }
+    def _aliased(self, alias: str) -> dict[str, DirectoryEntry]:
+        return {name: _alias(e, alias) for name, e in self._entries.items()}
+
+
+def _alias(entry: DirectoryEntry, alias: str) -> DirectoryEntry:
+    """`entry` as a peer on another machine must see it: loopback holders under `alias`."""
+
+    def fix(ip: str) -> str:
+        return alias if is_loopback(ip) else ip
+
+    return replace(entry, ip=fix(entry.ip), sources=tuple((fix(ip), port) for ip, port in entry.sources))

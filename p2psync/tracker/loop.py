@@ -64,6 +64,7 @@ class _Connection:
     seen_generation: int = -1  # the directory generation of the last reply sent
     held_until: float | None = None  # a long poll: its reply is owed by then, or at the next change
     features: tuple[str, ...] = ()  # what the peer declared (none: a classic peer, answered the classic way)
+    since: str | None = None  # the directory generation the peer said it holds: its reply may be a delta
 
     @property
     def name(self) -> str:
@@ -226,7 +227,8 @@ class Tracker(threading.Thread):
             conn.held_until = None
             self._held.pop(conn, None)
         # shared, never copied: one encoded reply per shape
-        conn.out = memoryview(self.directory.encoded(conn.loopback_alias, extended=bool(conn.features)))
+        since = conn.since if "delta" in conn.features else None
+        conn.out = memoryview(self.directory.encoded(conn.loopback_alias, bool(conn.features), since))
         conn.seen_generation = self.directory.generation
         self._flush(conn)
 
@@ -272,6 +274,7 @@ class Tracker(threading.Thread):
             self._claim(conn, peer)
         if message.files is not None or message.features:
             conn.features = message.features  # an Init says what the peer can do; a classic one says nothing
+        conn.since = message.since
         if message.files is None:
             self.directory.join(peer)
         elif self.directory.report(
