@@ -14,6 +14,7 @@ import json
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -151,3 +152,81 @@ def test_keepalive_round_trips(benchmark, capsys) -> None:
         line += " (redis-server not installed: apt-get install redis-server for the baseline)"
     with capsys.disabled():
         print(line)
+
+
+def test_idle_swarm_egress_full_against_delta(benchmark, capsys) -> None:
+    """An idle round of 1,000 p2psync peers x 10 files: the bytes the tracker sends and
+    the time a peer spends decoding its reply, whole directories against deltas
+    (`"since"`), in interleaved rounds."""
+    from p2psync.protocol import FEATURES, apply_delta, decode_listing
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    port = free_port()
+    tracker = subprocess.Popen(
+        [sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peers: list[socket.socket] = []
+    sent: dict[str, list[int]] = {"whole": [], "delta": []}
+    decode: dict[str, list[float]] = {"whole": [], "delta": []}
+    try:
+        wait_until(lambda: listening(port), 10, "tracker to start")
+        for i in range(PEERS):
+            sock = socket.create_connection(("127.0.0.1", port))
+            files = [
+                {"name": f"peer{i}/file{j}.dat", "mtime": 1772047595 + j, "size": 4096, "sha256": f"{i:060x}{j:04x}"}
+                for j in range(FILES_PER_PEER)
+            ]
+            init = {"port": 20000 + i, "files": files, "features": list(FEATURES)}
+            sock.sendall(json.dumps(init).encode() + b"\n")
+            _read_line(sock)
+            peers.append(sock)
+        whole = decode_listing(_ask(peers[0], {"port": 20000, "features": list(FEATURES)}))
+        token = whole.generation
+        assert token is not None and len(whole.files) == PEERS * FILES_PER_PEER
+
+        def one_round(kind: str) -> None:
+            message = {"port": 0} if kind == "whole" else {"port": 0, "since": token}
+            total = 0
+            line = b""
+            for i, sock in enumerate(peers):
+                message["port"] = 20000 + i
+                line = _ask(sock, message)
+                total += len(line)
+            sent[kind].append(total)
+            began = time.perf_counter()
+            listing = decode_listing(line)
+            if kind == "delta":
+                listing = apply_delta(whole, listing)
+            decode[kind].append(time.perf_counter() - began)
+            assert len(listing.files) == PEERS * FILES_PER_PEER
+
+        def measure() -> None:
+            for r in range(3):
+                for kind in ("whole", "delta") if r % 2 == 0 else ("delta", "whole"):
+                    one_round(kind)
+
+        benchmark.group = f"tracker: an idle round of {PEERS} p2psync peers x {FILES_PER_PEER} files"
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        for sock in peers:
+            sock.close()
+        tracker.terminate()
+        tracker.wait(10)
+    w, d = statistics.median(sent["whole"]), statistics.median(sent["delta"])
+    dw, dd = statistics.median(decode["whole"]), statistics.median(decode["delta"])
+    benchmark.extra_info.update(whole_bytes=w, delta_bytes=d, whole_decode_s=dw, delta_decode_s=dd)
+    with capsys.disabled():
+        print(
+            f"\nidle round, {PEERS} peers x {FILES_PER_PEER} files, 3 interleaved rounds, medians: tracker sends "
+            f"{w / 1e6:.1f} MB of whole directories against {d / 1e3:.1f} kB of deltas ({w / d:.0f}x less); "
+            f"a peer decodes its reply in {dw * 1e3:.1f} ms against {dd * 1e3:.3f} ms ({dw / dd:.0f}x less)"
+        )
+    assert d * 100 <= w  # the goal: at least 100x fewer bytes when nothing changes
+
+
+def _ask(sock: socket.socket, message: dict) -> bytes:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+    return _read_line(sock)

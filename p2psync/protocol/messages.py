@@ -374,6 +374,8 @@ def apply_delta(base: Listing, delta: Listing) -> Listing:
     can do is as the whole directory said."""
     if delta.since is None:
         return delta
+    if not (delta.files or delta.removed or delta.deleted):  # nothing changed: share the base's maps
+        return Listing(base.files, base.deleted, delta.extended, base.features, delta.skipped, delta.generation)
     files = {name: entry for name, entry in base.files.items() if name not in delta.removed}
     files.update(delta.files)
     deleted = dict(base.deleted)
