@@ -218,9 +218,16 @@ def _run_tracker(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose, args.quiet)
     from .tracker import Tracker
 
-    tracker = _bind("tracker", opts["port"], lambda p: Tracker(p, opts["host"]), opts["port"])
+    shared = None
+    if opts["state"] is not None:
+        from .tracker.shared import RedisState
+
+        shared = RedisState(opts["state"])
+        shared.check()  # unreachable now: one line, exit 2
+    tracker = _bind("tracker", opts["port"], lambda p: Tracker(p, opts["host"], shared=shared), opts["port"])
     tracker.start()
-    print(f"p2psync tracker on {opts['host']}:{tracker.port}. Peers join with:", flush=True)
+    where = f" sharing {opts['state']}" if shared is not None else ""
+    print(f"p2psync tracker on {opts['host']}:{tracker.port}{where}. Peers join with:", flush=True)
     print(_join_line(tracker.port), flush=True)
     _wait_for_interrupt(tracker)
     tracker.exit()
@@ -269,8 +276,8 @@ def _run_sync(args: argparse.Namespace) -> int:
         raise ConfigError("--once joins a running tracker: give it --tracker HOST:PORT")
     if opts["watch"]:
         require_watching()  # before anything starts or is created
-    if opts["tracker"] is not None:
-        _resolvable(*opts["tracker"])
+    for address in opts["tracker"] or ():
+        _resolvable(*address)
     _prepare_folder(folder)
     settings = PeerSettings(
         interval=opts["interval"],
@@ -304,11 +311,15 @@ def _run_sync(args: argparse.Namespace) -> int:
         tracker = _bind("tracker", None, Tracker, opts["tracker-port"])
         tracker.start()
         host, port = "127.0.0.1", tracker.port
+        alternates: tuple[tuple[str, int], ...] = ()
     else:
-        host, port = opts["tracker"]
+        (host, port), *rest = opts["tracker"]
+        alternates = tuple(rest)
 
     def build(peer_port: int) -> FileSynchronizer:
-        return FileSynchronizer(host, port, peer_port, folder=folder, settings=settings, rules=rules, events=events)
+        return FileSynchronizer(
+            host, port, peer_port, folder=folder, settings=settings, rules=rules, events=events, alternates=alternates
+        )
 
     try:
         peer = _bind("file-serving", opts["port"], build, FIRST_PEER_PORT)
@@ -325,7 +336,7 @@ def _run_sync(args: argparse.Namespace) -> int:
         print(_join_line(tracker.port), flush=True)
         print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}", flush=True)
     else:
-        print(f"Tracker: {host}:{port}", flush=True)
+        print(f"Tracker: {', '.join(f'{h}:{p}' for h, p in opts['tracker'])}", flush=True)
     print("Ctrl-C stops.", flush=True)
     if console is not None:
         from .ui.progress import LiveDisplay

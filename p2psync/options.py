@@ -49,6 +49,21 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_trackers(text: str) -> tuple[tuple[str, int], ...]:
+    """`HOST:PORT[,HOST:PORT...]`: trackers of one swarm, tried in turn."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ConfigError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+    return tuple(parse_host_port(part) for part in parts)
+
+
+def parse_state(text: str) -> str:
+    """Where trackers of one swarm share their state: `redis://HOST:PORT/DB` or `unix:///PATH`."""
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"expected redis://HOST:PORT/DB or unix:///path/to/redis.sock, got {text!r}")
+    return text
+
+
 def parse_port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise ConfigError(f"expected a port number 0-65535, got {text!r}")
@@ -119,11 +134,12 @@ class Option:
 SYNC_OPTIONS: tuple[Option, ...] = (
     Option(
         "tracker",
-        parse_host_port,
+        parse_trackers,
         None,
-        "join this tracker instead of running one here",
-        "--tracker 192.168.1.20:8900",
-        "HOST:PORT",
+        "join this tracker instead of running one here; several trackers of one swarm, comma-separated, "
+        "are tried in turn when one fails",
+        "--tracker 192.168.1.20:8900, --tracker a.lan:8900,b.lan:8900",
+        "HOST:PORT[,...]",
         "run one here",
     ),
     Option(
@@ -192,6 +208,15 @@ SYNC_OPTIONS: tuple[Option, ...] = (
 TRACKER_OPTIONS: tuple[Option, ...] = (
     Option("host", parse_host, "0.0.0.0", "address to listen on (0.0.0.0: all IPv4; :: for IPv6)", "--host ::"),
     Option("port", parse_port, DEFAULT_TRACKER_PORT, "port to listen on", "--port 9000", "PORT"),
+    Option(
+        "state",
+        parse_state,
+        None,
+        "share the swarm with other trackers through this Redis (needs: pip install 'p2psync[redis]')",
+        "--state redis://127.0.0.1:6379/0",
+        "URL",
+        "this process's memory",
+    ),
 )
 
 
@@ -259,6 +284,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return '"' + ",".join(f"{host}:{port}" for host, port in value) + '"'
     if isinstance(value, tuple):
         return f'"{value[0]}:{value[1]}"'
     if isinstance(value, DeleteLimit):

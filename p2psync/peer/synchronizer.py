@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from p2psync.config import DAY_S, PeerSettings
@@ -88,6 +88,7 @@ class FileSynchronizer(threading.Thread):
         settings: PeerSettings | None = None,
         rules: IgnoreRules | None = None,
         events: Events | None = None,
+        alternates: Sequence[tuple[str, int]] = (),
         **overrides: Any,
     ) -> None:
         settings = dataclasses.replace(settings or PeerSettings(), **overrides)
@@ -97,6 +98,9 @@ class FileSynchronizer(threading.Thread):
         self.settings = settings
         self.trackerhost = trackerhost
         self.trackerport = trackerport
+        # Trackers of one swarm (shared state), tried in turn when the current one fails.
+        self._trackers = [(trackerhost, trackerport), *alternates]
+        self._tracker_index = 0
         self.host = host
         self.interval = settings.interval
         self.first_delay = settings.first_delay
@@ -211,7 +215,14 @@ class FileSynchronizer(threading.Thread):
         Raises `OSError` when the tracker cannot be reached or fails."""
         self._once = True
         self._file_server.start(self.name)
-        self._connect()
+        for attempt in range(len(self._trackers)):  # each tracker of the swarm in turn
+            try:
+                self._connect()
+                break
+            except OSError as exc:
+                if attempt == len(self._trackers) - 1:
+                    raise
+                self.fatal_tracker("Failed connecting to the tracker", exc)
         for _ in range(3):
             self.sync()
             if self.tracker_error is not None:
@@ -308,16 +319,24 @@ class FileSynchronizer(threading.Thread):
     def fatal_tracker(self, message: str, exc: BaseException | None = None) -> None:
         """The tracker failed. The classic peer exits here; this one logs, drops the
         connection and lets a later round reconnect, waiting longer each time."""
-        self._backoff = min(max(self._backoff * 2, 1.0), self.max_backoff)
         self.tracker_error = f"{message} ({exc or 'no detail'})"
+        failed = f"{self.trackerhost}:{self.trackerport}"
+        self._tracker_index = (self._tracker_index + 1) % len(self._trackers)
+        # The next tracker at once; the backoff grows only once every one has failed.
+        if self._tracker_index == 0:
+            self._backoff = min(max(self._backoff * 2, 1.0), self.max_backoff)
+        else:
+            self._again = True
+        self.trackerhost, self.trackerport = self._trackers[self._tracker_index]
         if not self._once:
             log.warning(
-                "tracker %s:%d: %s (%s); retrying in %g s",
-                self.trackerhost,
-                self.trackerport,
+                "tracker %s: %s (%s); %s",
+                failed,
                 message,
                 exc or "no detail",
-                self._backoff,
+                f"retrying in {self._backoff:g} s"
+                if len(self._trackers) == 1
+                else f"trying {self.trackerhost}:{self.trackerport}",
             )
         try:
             self.client.close()

@@ -100,6 +100,14 @@ class Directory:
             self._changed()
         return changed or bool(added)
 
+    def add_deletions(self, deleted: Iterable[tuple[str, Deletion]]) -> bool:
+        """Take in deletions without a reporting peer (another tracker's, from the
+        shared state); whether the directory changed."""
+        added = [name for name, deletion in deleted if self._add_deletion(name, deletion)]
+        if added and not self._recompute(added):
+            self._changed()
+        return bool(added)
+
     def _add_deletion(self, name: str, deletion: Deletion) -> bool:
         kept = self._deleted.setdefault(name, {})
         key = deletion.sha256 or ""

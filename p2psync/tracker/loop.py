@@ -26,6 +26,7 @@ from p2psync.sync.versions import Deletion
 from p2psync.transfer import LineSplitter
 
 from .directory import Directory, PeerKey
+from .shared import REFRESH_S, Change, RedisState
 
 __all__ = [
     "IDENTIFY_TIMEOUT_S",
@@ -95,6 +96,7 @@ class Tracker(threading.Thread):
         max_message: int = MAX_MESSAGE_BYTES,
         max_connections: int = MAX_CONNECTIONS,
         max_buffered: int = MAX_BUFFERED_BYTES,
+        shared: RedisState | None = None,
     ) -> None:
         super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
         self.host = host
@@ -115,7 +117,11 @@ class Tracker(threading.Thread):
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a wake-up never blocks its sender: a full buffer is awake enough
         self._stopping = threading.Event()
+        # Several trackers, one swarm (shared.py): this one's peers go out, the others' come in.
+        self.shared = shared
+        self._publishing = shared is not None  # off while stopping: the records stay for failover
 
     # ------------------------------------------------------------ public
 
@@ -134,6 +140,11 @@ class Tracker(threading.Thread):
         if not self.is_alive():
             self._close_all()
 
+    def _wake_loop(self) -> None:
+        """From another thread: have the loop look at the shared state's changes now."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
     def run(self) -> None:
         selector = self._selector
         selector.register(self.server, selectors.EVENT_READ, None)
@@ -141,17 +152,27 @@ class Tracker(threading.Thread):
         log.info("tracker listening on %s:%d", self.host, self.port)
         next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
         next_expiry = time.monotonic()
+        next_refresh = time.monotonic()
+        if self.shared is not None:
+            self.shared.start(self._wake_loop)
         try:
             while not self._stopping.is_set():
                 for key, mask in selector.select(timeout=self._select_timeout()):
                     if key.data is None:
                         self._accept()
                     elif key.data == "wake":
+                        with contextlib.suppress(BlockingIOError, InterruptedError):
+                            self._wake_r.recv(4096)  # drained: one wake-up may stand for many
                         continue
                     else:
                         self._service(key.data, mask)
+                if self.shared is not None:
+                    self._apply_shared(self.shared.changes())
                 now = time.monotonic()
                 self._answer_held(now)
+                if self.shared is not None and now >= next_refresh:
+                    self.shared.refresh(list(self._owner))
+                    next_refresh = now + REFRESH_S
                 if now >= next_sweep:
                     self._expire_silent(now)
                     next_sweep = now + _SWEEP_INTERVAL_S
@@ -277,11 +298,31 @@ class Tracker(threading.Thread):
         conn.since = message.since
         if message.files is None:
             self.directory.join(peer)
-        elif self.directory.report(
-            peer, self._safe_files(conn, message.files), self._safe_deletions(conn, message.deleted)
-        ):
-            log.debug("directory changed: %d files after a report from %s", len(self.directory), conn.name)
+        else:
+            files, deleted = self._safe_files(conn, message.files), self._safe_deletions(conn, message.deleted)
+            if self.directory.report(peer, files, deleted):
+                log.debug("directory changed: %d files after a report from %s", len(self.directory), conn.name)
+            if self.shared is not None:
+                self.shared.publish_report(peer, files, deleted)
         return message.wait
+
+    def _apply_shared(self, changes: list[Change]) -> None:
+        """Other trackers' changes, into this tracker's mirror. This tracker's own peers
+        are its own to say: what others say of them is not applied."""
+        for change in changes:
+            if change.snapshot is not None:
+                local = set(self._owner)
+                for peer in set(self.directory.peers) - local - change.snapshot.keys():
+                    self.directory.forget(peer)  # gone while this tracker was not listening
+                for peer, (files, deleted) in change.snapshot.items():
+                    if peer not in local:
+                        self.directory.report(peer, files, deleted)
+                self.directory.add_deletions(change.deleted)
+            elif change.peer is not None and change.peer not in self._owner:
+                if change.files is None:
+                    self.directory.forget(change.peer)
+                else:
+                    self.directory.report(change.peer, change.files, change.deleted)
 
     def _claim(self, conn: _Connection, peer: PeerKey) -> None:
         """Let `conn` speak for `peer`; an older connection of the same peer is dead."""
@@ -349,10 +390,15 @@ class Tracker(threading.Thread):
         if conn.peer is not None and self._owner.get(conn.peer) is conn:
             del self._owner[conn.peer]
             self.directory.forget(conn.peer)
+            if self.shared is not None and self._publishing:
+                self.shared.publish_forget(conn.peer)
 
     def _close_all(self) -> None:
+        self._publishing = False  # a stopping tracker's peers move to another one: their records stay
         for conn in list(self._connections.values()):
             self._close(conn, "tracker stopping")
         self._selector.close()
+        if self.shared is not None:
+            self.shared.stop()
         for sock in (self.server, self._wake_r, self._wake_w):
             sock.close()

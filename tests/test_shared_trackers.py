@@ -1,0 +1,176 @@
+"""Several trackers, one swarm, through a real redis-server on loopback (each test
+starts its own on a free port and stops it by PID; never the system's): peers on
+different trackers converge, deletions included; a tracker killed; Redis lost
+and back empty; the same holder chosen everywhere. On both backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from p2psync import cli
+from p2psync.tracker import Tracker
+from p2psync.tracker.shared import PREFIX, RedisState
+
+from .loopback import LOOPBACK, free_port, wait_until
+
+pytestmark = [
+    pytest.mark.usefixtures("backend"),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
+    ),
+]
+
+
+class RedisServer:
+    """One redis-server of this test: no persistence, stopped (and restartable) by PID."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://{LOOPBACK}:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_until(self.answers, 10, "redis-server to start")
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=0.5).ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def keys(self) -> list[bytes]:
+        import redis
+
+        return sorted(redis.Redis(host=LOOPBACK, port=self.port).keys(f"{PREFIX}*"))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_tracker(start_tracker, redis_server: RedisServer) -> Callable[..., Tracker]:
+    def start(**kwargs: object) -> Tracker:
+        tracker = start_tracker(shared=RedisState(redis_server.url), **kwargs)
+        wait_until(tracker.shared.connected.is_set, 10, "the tracker to follow Redis")
+        return tracker
+
+    return start
+
+
+def write(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data)
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_text()
+        for p in folder.rglob("*")
+        if p.is_file() and ".p2psync" not in p.parts
+    }
+
+
+def test_peers_on_different_trackers_converge_with_deletions(tmp_path: Path, shared_tracker, engine) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write(a / "docs/from-a.txt", "a")
+    write(b / "from-b.txt", "b")
+    t1, t2, t3 = shared_tracker(), shared_tracker(), shared_tracker()
+    engine(a, t1.port)
+    engine(b, t2.port)
+    engine(c, t3.port)
+    want = {"docs/from-a.txt": "a", "from-b.txt": "b"}
+    wait_until(lambda: files(a) == files(b) == files(c) == want, 30, "three folders on three trackers")
+    (b / "docs/from-a.txt").unlink()
+    wait_until(lambda: files(a) == files(c) == {"from-b.txt": "b"}, 30, "the deletion everywhere")
+    assert (a / ".p2psync/trash/docs/from-a.txt").read_text() == "a"
+    assert t1.directory.entries() == t2.directory.entries() == t3.directory.entries()
+    assert set(t1.directory.deletions()) == set(t3.directory.deletions()) == {"docs/from-a.txt"}
+
+
+def test_a_killed_tracker_s_peers_move_on_and_stay_listed(tmp_path: Path, shared_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "a.txt", "a")
+    t1, t2 = shared_tracker(), shared_tracker()
+    pa = engine(a, t1.port, alternates=[(LOOPBACK, t2.port)])
+    engine(b, t2.port)
+    wait_until(lambda: (b / "a.txt").exists(), 30, "the first sync")
+    t1.exit()  # its peers' records stay in Redis: the swarm keeps a.txt listed meanwhile
+    assert "a.txt" in t2.directory.entries()
+    wait_until(lambda: (LOOPBACK, pa.port) in [tuple(c) for c in t2._owner], 30, "a to move to the other tracker")
+    write(a / "after.txt", "made after the move")
+    wait_until(lambda: (b / "after.txt").exists(), 30, "a change through the second tracker")
+    assert pa.trackerport == t2.port
+
+
+def test_redis_lost_and_back_empty_is_republished(tmp_path: Path, redis_server, shared_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "a.txt", "a")
+    t1, t2 = shared_tracker(), shared_tracker()
+    pa, pb = engine(a, t1.port), engine(b, t2.port)
+    wait_until(lambda: (b / "a.txt").exists(), 30, "the first sync")
+    redis_server.stop()
+    write(a / "while-down.txt", "t1 keeps serving its own peers")
+    wait_until(lambda: "while-down.txt" in t1.directory.entries(), 30, "t1 to go on without Redis")
+    assert "a.txt" in t2.directory.entries()  # t2 keeps the last directory
+    redis_server.start()  # empty
+    wait_until(lambda: (b / "while-down.txt").exists(), 60, "the change once Redis is back")
+    wait_until(
+        lambda: {f"{PREFIX}peer:{LOOPBACK}|{p.port}".encode() for p in (pa, pb)} <= set(redis_server.keys()),
+        30,
+        "both trackers to republish their peers",
+    )
+
+
+def test_two_trackers_pick_the_same_holder_of_a_tie(tmp_path: Path, shared_tracker, engine) -> None:
+    folders = [tmp_path / name for name in ("x", "y", "z")]
+    for folder in folders:
+        write(folder / "same.txt", "the same bytes")
+        (folder / "same.txt").touch()
+    mtime = (folders[0] / "same.txt").stat().st_mtime
+    for folder in folders:
+        os.utime(folder / "same.txt", (mtime, mtime))
+    trackers = [shared_tracker(), shared_tracker()]
+    for i, folder in enumerate(folders):
+        engine(folder, trackers[i % 2].port)
+    wait_until(lambda: all(len(t.directory.peers) == 3 for t in trackers), 30, "every tracker to know every peer")
+    wait_until(lambda: trackers[0].directory.entries() == trackers[1].directory.entries(), 30, "the same entries")
+    entry = trackers[0].directory.entries()["same.txt"]
+    assert (entry.ip, entry.port) == min(trackers[0].directory.peers)
+
+
+def test_a_peer_that_leaves_leaves_every_tracker(tmp_path: Path, shared_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "only-a.txt", "a")
+    t1, t2 = shared_tracker(), shared_tracker()
+    pa = engine(a, t1.port)
+    engine(b, t2.port)
+    wait_until(lambda: "only-a.txt" in t2.directory.entries(), 30, "a's file at t2")
+    pa.exit()
+    wait_until(lambda: "only-a.txt" not in t2.directory.entries(), 30, "a to leave t2's directory too")
+
+
+def test_redis_unreachable_at_start_is_one_line_and_exit_2(caplog) -> None:
+    url = f"redis://{LOOPBACK}:{free_port()}/0"
+    assert cli.main(["tracker", "--host", LOOPBACK, "--port", "0", "--state", url, "-q"]) == 2
+    assert f"cannot reach Redis at {url}" in caplog.text and "Traceback" not in caplog.text
