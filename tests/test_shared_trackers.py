@@ -174,3 +174,19 @@ def test_redis_unreachable_at_start_is_one_line_and_exit_2(caplog) -> None:
     url = f"redis://{LOOPBACK}:{free_port()}/0"
     assert cli.main(["tracker", "--host", LOOPBACK, "--port", "0", "--state", url, "-q"]) == 2
     assert f"cannot reach Redis at {url}" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_old_deletions_leave_redis(redis_server) -> None:
+    import time
+
+    import redis
+
+    from p2psync.sync import Deletion
+
+    state = RedisState(redis_server.url)
+    old, recent = Deletion(int(time.time()) - 40 * 86400, "1" * 64), Deletion(int(time.time()), "2" * 64)
+    state._apply("report", ((LOOPBACK, 9), "{}", [("old.txt", old), ("new.txt", recent)]))
+    state._trim(time.time() - 30 * 86400)
+    fields = redis.Redis(host=LOOPBACK, port=redis_server.port, decode_responses=True).hkeys(f"{PREFIX}deleted")
+    assert sorted(fields) == [f"new.txt\0{'2' * 64}", f"new.txt\0{'2' * 64}|t"]
+    state.stop()

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 PREFIX = "p2psync:"  # every key this tracker uses starts so
 STREAM_MAXLEN = 100_000  # changes kept in the log (approximately); a reader further behind resyncs
 REFRESH_S = 5.0  # how often a tracker renews its own peers' last-seen times
+TRIM_S = 3600.0  # how often deletions past their age leave Redis
+TOMBSTONE_AGE_S = 30 * 86400  # as the directory's
 TIMEOUT_S = 1.0  # one Redis call, connect or reply
 MAX_BACKOFF_S = 5.0
 _READ_BLOCK_MS = 1000
@@ -209,6 +211,7 @@ class RedisState:
     def _write_loop(self) -> None:
         backoff = 0.0
         next_sweep = 0.0
+        next_trim = time.time() + TRIM_S
         pending: list[tuple[str, Any]] = []
         while not self._stopping.is_set():
             try:
@@ -229,6 +232,9 @@ class RedisState:
                 if now >= next_sweep:
                     self._expire(now)
                     next_sweep = now + REFRESH_S
+                if now >= next_trim:
+                    self._trim(now - TOMBSTONE_AGE_S)
+                    next_trim = now + TRIM_S
                 backoff = 0.0
             except self._redis_errors as exc:
                 self._lose(exc)
@@ -273,6 +279,17 @@ class RedisState:
                 keys=[self._key(peer), PREFIX + "alive", PREFIX + "log"],
                 args=[self.owner, peer_id, cutoff, STREAM_MAXLEN],
             )
+
+    def _trim(self, cutoff: float) -> None:
+        """Drop deletions older than `cutoff` from Redis (each tracker drops them from its mirror)."""
+        old = [
+            field[: -len("|t")]
+            for field, stamp in self._writer.hscan_iter(PREFIX + "deleted", match="*|t", count=1000)
+            if float(stamp) < cutoff
+        ]
+        for start in range(0, len(old), 1000):
+            chunk = old[start : start + 1000]
+            self._writer.hdel(PREFIX + "deleted", *chunk, *(f"{f}|t" for f in chunk))
 
     def _back(self) -> None:
         """Redis answers again: republish this tracker's peers (it may have come back
