@@ -190,3 +190,21 @@ def test_old_deletions_leave_redis(redis_server) -> None:
     fields = redis.Redis(host=LOOPBACK, port=redis_server.port, decode_responses=True).hkeys(f"{PREFIX}deleted")
     assert sorted(fields) == [f"new.txt\0{'2' * 64}", f"new.txt\0{'2' * 64}|t"]
     state.stop()
+
+
+def test_trackers_share_through_a_unix_socket(tmp_path: Path, start_tracker, engine) -> None:
+    sock = tmp_path / "redis.sock"
+    args = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 10, "redis-server's socket")
+        url = f"unix://{sock}"
+        t1, t2 = start_tracker(shared=RedisState(url)), start_tracker(shared=RedisState(url))
+        a, b = tmp_path / "a", tmp_path / "b"
+        write(a / "over-unix.txt", "a")
+        engine(a, t1.port)
+        engine(b, t2.port)
+        wait_until(lambda: files(b) == {"over-unix.txt": "a"}, 30, "the file through the other tracker")
+    finally:
+        server.terminate()
+        server.wait(10)
