@@ -1,4 +1,4 @@
-"""The `p2psync` command: `sync`, `status`, `tracker`, `--version`.
+"""The `p2psync` command: `sync`, `status`, `tracker`, `keygen`, `--version`.
 
 argparse -> settings -> engine or tracker; nothing else lives here. Errors a
 user can cause (a bad flag or config value, a folder that cannot be written,
@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         help="check against this tracker's directory now, and show it (e.g. --tracker 192.168.1.20:8900)",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON for scripts (e.g. --json)")
+
+    keygen = commands.add_parser(
+        "keygen",
+        parents=[noise],
+        help="write a new group key",
+        description="Write a new random 32-byte group key to FILE (mode 0600; never over an existing file). "
+        "Members-only swarms are being built on it: the handshake is in place, the connections do not use it yet.",
+        epilog="example:\n  p2psync keygen ~/.config/p2psync/group.key",
+        formatter_class=formatter,
+    )
+    keygen.add_argument("file", metavar="FILE", help="where to write the key")
     return parser
 
 
@@ -451,10 +462,19 @@ def classic_peer_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _run_keygen(args: argparse.Namespace) -> int:
+    from .local.keyfile import write_new_key
+
+    write_new_key(os.path.expanduser(args.file))
+    print(f"wrote a new group key to {args.file} (mode 0600); copy it to every member over a channel you trust")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tracker": _run_tracker,
     "sync": _run_sync,
     "status": _run_status,
+    "keygen": _run_keygen,
 }
 
 

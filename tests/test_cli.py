@@ -80,7 +80,7 @@ def test_console_script_is_installed() -> None:
     assert script.exists(), "pip install should put the p2psync command beside python"
 
 
-@pytest.mark.parametrize("command", [[], ["tracker"], ["sync"]])
+@pytest.mark.parametrize("command", [[], ["tracker"], ["sync"], ["status"], ["keygen"]])
 def test_help_on_every_command(env: dict[str, str], command: list[str]) -> None:
     out = subprocess.run([*P2PSYNC, *command, "--help"], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("usage: p2psync")

@@ -1,0 +1,132 @@
+"""Members only, the parts that exist so far: the group key on disk and the sans-IO
+handshake and line tags (p2psync/protocol/auth.py). The connections do not use
+them yet (issue 13)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2psync import cli
+from p2psync.errors import ConfigError, ProtocolError
+from p2psync.local.keyfile import load_key, write_new_key
+from p2psync.protocol.auth import ClientHandshake, ServerHandshake, new_key
+
+KEY = new_key()
+
+
+def shake(client_key: bytes, server_key: bytes, channel: bytes = b"tracker", server_channel: bytes | None = None):
+    client = ClientHandshake(client_key, channel)
+    server = ServerHandshake(server_key, server_channel or channel)
+    reply = server.hello(client.hello().rstrip(b"\n"))
+    proof, client_side = client.answer(reply.rstrip(b"\n"))
+    return client_side, server.proof(proof.rstrip(b"\n"))
+
+
+def test_members_shake_hands_and_tag_every_line() -> None:
+    client, server = shake(KEY, KEY)
+    assert server.open(client.seal(b'{"port": 8001}').rstrip(b"\n")) == b'{"port": 8001}'
+    assert client.open(server.seal(b"{}").rstrip(b"\n")) == b"{}"
+    assert client.open(b"x" + server.trailer(b"x").rstrip(b"\n")) == b"x"  # a shared buffer, then its tag
+
+
+def test_a_wrong_key_fails_in_each_direction() -> None:
+    with pytest.raises(ProtocolError):  # the server does not hold the client's key: its proof fails
+        shake(KEY, new_key())
+    client = ClientHandshake(new_key(), b"peer")
+    server = ServerHandshake(KEY, b"peer")
+    server_line = server.hello(client.hello().rstrip(b"\n"))
+    with pytest.raises(ProtocolError):
+        client.answer(server_line.rstrip(b"\n"))  # the client refuses a server without its key ...
+    honest = ClientHandshake(KEY, b"peer")
+    server = ServerHandshake(KEY, b"peer")
+    server.hello(honest.hello().rstrip(b"\n"))
+    with pytest.raises(ProtocolError):
+        server.proof(b"0" * 64)  # ... and the server a client that cannot prove it
+
+
+def test_a_replayed_or_reflected_handshake_fails() -> None:
+    client = ClientHandshake(KEY, b"tracker")
+    first = ServerHandshake(KEY, b"tracker")
+    proof, _ = client.answer(first.hello(client.hello().rstrip(b"\n")).rstrip(b"\n"))
+    again = ServerHandshake(KEY, b"tracker")  # a new connection: a fresh server nonce
+    again.hello(client.hello().rstrip(b"\n"))
+    with pytest.raises(ProtocolError):
+        again.proof(proof.rstrip(b"\n"))  # the recorded proof is for the other nonce
+    server = ServerHandshake(KEY, b"tracker")
+    mine = server.hello(ClientHandshake(KEY, b"tracker").hello().rstrip(b"\n"))
+    reflected = b"P2PSYNC-AUTH/1 tracker " + mine.split(b" ")[1]
+    with pytest.raises(ProtocolError):
+        ServerHandshake(KEY, b"tracker", nonce=mine.split(b" ")[1]).hello(reflected)  # its own nonce back
+    server_proof = mine.rstrip(b"\n").split(b" ")[2]
+    with pytest.raises(ProtocolError):
+        server.proof(server_proof)  # the server's proof is not a client's
+
+
+def test_a_proof_for_one_channel_does_not_open_another() -> None:
+    with pytest.raises(ProtocolError):
+        shake(KEY, KEY, b"tracker", b"peer")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"P2PSYNC-AUTH/1", b"P2PSYNC-AUTH/1 tracker", b"P2PSYNC-AUTH/1 tracker abc", b"a.txt", b'{"port": 1}'],
+)
+def test_anything_but_a_handshake_is_refused(line: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ServerHandshake(KEY, b"tracker").hello(line)
+
+
+@given(st.binary(min_size=1, max_size=200), st.data())
+def test_any_changed_byte_fails_its_tag(line: bytes, data: st.DataObject) -> None:
+    line = line.replace(b"\n", b"")
+    client, server = shake(KEY, KEY)
+    sealed = bytearray(client.seal(line).rstrip(b"\n"))
+    at = data.draw(st.integers(0, len(sealed) - 1))
+    sealed[at] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(ProtocolError):
+        server.open(bytes(sealed))
+
+
+def test_dropped_reordered_or_replayed_lines_fail() -> None:
+    client, server = shake(KEY, KEY)
+    first, second = client.seal(b"one").rstrip(b"\n"), client.seal(b"two").rstrip(b"\n")
+    with pytest.raises(ProtocolError):
+        server.open(second)  # the first was dropped (or they were swapped)
+    assert server.open(first) == b"one"
+    with pytest.raises(ProtocolError):
+        server.open(first)  # replayed
+    back = server.seal(b"reply").rstrip(b"\n")
+    with pytest.raises(ProtocolError):
+        server.open(back)  # a line sent back to its sender
+
+
+def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "group.key"
+    assert cli.main(["keygen", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = load_key(str(path))
+    assert len(key) == 32 and key.hex() not in capsys.readouterr().out  # the key is never printed
+    before = path.read_bytes()
+    assert cli.main(["keygen", str(path)]) == 2
+    assert path.read_bytes() == before
+
+
+def test_a_key_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "group.key"
+    write_new_key(str(path))
+    secret = path.read_text().strip()
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match=r"chmod 600") as caught:
+        load_key(str(path))
+    assert secret not in str(caught.value)
+    path.write_text("not a key\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(ConfigError, match="64 hex digits") as caught:
+        load_key(str(path))
+    assert "not a key" not in str(caught.value)
