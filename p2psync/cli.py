@@ -233,7 +233,7 @@ def _run_tracker(args: argparse.Namespace) -> int:
     if opts["state"] is not None:
         from .tracker.shared import RedisState
 
-        shared = RedisState(opts["state"])
+        shared = RedisState(opts["state"], advertise=opts["advertise"])
         shared.check()  # unreachable now: one line, exit 2
     tracker = _bind("tracker", opts["port"], lambda p: Tracker(p, opts["host"], shared=shared), opts["port"])
     tracker.start()

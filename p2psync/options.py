@@ -217,6 +217,16 @@ TRACKER_OPTIONS: tuple[Option, ...] = (
         "URL",
         "this process's memory",
     ),
+    Option(
+        "advertise",
+        parse_host,
+        None,
+        "with --state: the address other machines reach this tracker's machine at, published for "
+        "its peers that connect over loopback",
+        "--advertise 192.168.1.20",
+        "ADDRESS",
+        "as seen",
+    ),
 )
 
 

@@ -55,7 +55,7 @@ class RedisServer:
             self.proc.wait(10)
             self.proc = None
 
-    def keys(self) -> list[bytes]:
+    def stored_keys(self) -> list[bytes]:
         import redis
 
         return sorted(redis.Redis(host=LOOPBACK, port=self.port).keys(f"{PREFIX}*"))
@@ -136,7 +136,7 @@ def test_redis_lost_and_back_empty_is_republished(tmp_path: Path, redis_server, 
     redis_server.start()  # empty
     wait_until(lambda: (b / "while-down.txt").exists(), 60, "the change once Redis is back")
     wait_until(
-        lambda: {f"{PREFIX}peer:{LOOPBACK}|{p.port}".encode() for p in (pa, pb)} <= set(redis_server.keys()),
+        lambda: {f"{PREFIX}peer:{LOOPBACK}|{p.port}".encode() for p in (pa, pb)} <= set(redis_server.stored_keys()),
         30,
         "both trackers to republish their peers",
     )
@@ -208,3 +208,22 @@ def test_trackers_share_through_a_unix_socket(tmp_path: Path, start_tracker, eng
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_loopback_peers_are_published_at_the_advertised_address(
+    tmp_path: Path, redis_server, start_tracker, shared_tracker, engine
+) -> None:
+    t1 = start_tracker(shared=RedisState(redis_server.url, advertise="127.0.0.2"))
+    wait_until(t1.shared.connected.is_set, 10, "t1 to follow Redis")
+    t2 = shared_tracker()
+    a = tmp_path / "a"
+    write(a / "x.txt", "x")
+    pa = engine(a, t1.port)
+    wait_until(lambda: "x.txt" in t2.directory.entries(), 30, "a's file at t2")
+    assert (t2.directory.entries()["x.txt"].ip, t2.directory.entries()["x.txt"].port) == ("127.0.0.2", pa.port)
+    assert t1.directory.entries()["x.txt"].ip == LOOPBACK  # t1 lists its own peer as it sees it ...
+    redis_server.stop()
+    redis_server.start()  # ... also after a resync, which must not bring it back under its public address
+    wait_until(lambda: f"{PREFIX}peer:127.0.0.2|{pa.port}".encode() in redis_server.stored_keys(), 30, "the republish")
+    wait_until(t1.shared.connected.is_set, 30, "t1's resync")
+    assert t1.directory.peers == [(LOOPBACK, pa.port)]

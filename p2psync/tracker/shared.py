@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2psync.errors import ConfigError, ProtocolError
+from p2psync.net import is_loopback
 from p2psync.protocol import FileInfo, decode_peer_message, encode_init
 from p2psync.sync.versions import Deletion
 
@@ -120,7 +121,7 @@ class RedisState:
     """The Redis side of one tracker. `publish_*` and `refresh` are called by the loop
     and never block; `changes()` gives the loop what other trackers did."""
 
-    def __init__(self, url: str, peer_timeout: float = 180.0) -> None:
+    def __init__(self, url: str, peer_timeout: float = 180.0, advertise: str | None = None) -> None:
         try:
             import redis
         except ImportError:
@@ -144,6 +145,9 @@ class RedisState:
         self.url = url
         self.owner = secrets.token_hex(6)  # this tracker, in records and in the log
         self.peer_timeout = peer_timeout
+        # Peers this tracker sees at a loopback address are published at this one, which
+        # peers of trackers on other machines can reach (None: as seen).
+        self.advertise = advertise
         self._wake: Callable[[], None] = lambda: None
         self._out: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._in: collections.deque[Change] = collections.deque()
@@ -190,14 +194,18 @@ class RedisState:
 
     def publish_report(self, peer: PeerKey, files: Iterable[FileInfo], deleted: Iterable[tuple[str, Deletion]]) -> None:
         deleted = list(deleted)
+        peer = self._public(peer)
         self._out.put(("report", (peer, _record(peer, files, deleted), deleted)))
 
     def publish_forget(self, peer: PeerKey) -> None:
-        self._out.put(("forget", peer))
+        self._out.put(("forget", self._public(peer)))
 
     def refresh(self, peers: Iterable[PeerKey]) -> None:
         """The loop's own peers are alive now."""
-        self._out.put(("alive", list(peers)))
+        self._out.put(("alive", [self._public(p) for p in peers]))
+
+    def _public(self, peer: PeerKey) -> PeerKey:
+        return (self.advertise, peer[1]) if self.advertise and is_loopback(peer[0]) else peer
 
     def changes(self) -> list[Change]:
         """What other trackers did since the last call, in order."""
@@ -359,8 +367,10 @@ class RedisState:
         keys = list(self._reader.scan_iter(match=f"{PREFIX}peer:*", count=1000))
         pipe = self._reader.pipeline(transaction=False)
         for key in keys:
-            pipe.hget(key, "record")
-        for key, record in zip(keys, pipe.execute(), strict=True):
+            pipe.hmget(key, "record", "owner")
+        for key, (record, owner) in zip(keys, pipe.execute(), strict=True):
+            if owner == self.owner:
+                continue  # this tracker's own peers, which it holds as it sees them
             peer = _peer_key(key[len(f"{PREFIX}peer:") :])
             message = self._decode(record or "")
             if peer is not None and message is not None:
