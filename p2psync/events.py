@@ -133,6 +133,7 @@ class Events:
         self._listeners: list[Listener] = []
         self._summary_listeners: list[SummaryListener] = []
         self._start_listeners: list[StartListener] = []
+        self.last_outcome: RoundOutcome | None = None  # where the last round left the folder (displays sample it)
         self._transfers: dict[int, Transfer] = {}
 
     def subscribe(
@@ -159,6 +160,9 @@ class Events:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(event)
+
+    def round_ended(self, outcome: RoundOutcome) -> None:
+        self.last_outcome = outcome
 
     def round_started(self, files: int, nbytes: int) -> None:
         with self._lock:

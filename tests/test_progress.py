@@ -42,6 +42,23 @@ def test_the_display_shows_transfers_the_round_and_events() -> None:
     assert events.in_flight() == []  # gone when its block ends, before its file closes
 
 
+def test_the_idle_line_says_where_the_last_round_left_the_folder() -> None:
+    from p2psync.events import Behind, RoundOutcome
+
+    events = Events()
+    console = Console(record=True, width=120, force_terminal=True, color_system=None)
+    display = LiveDisplay(events, console)
+    console.print(display._render())
+    events.round_ended(RoundOutcome(0.0, (Behind("a.txt", "127.0.0.1:8001", "failed"),)))
+    console.print(display._render())
+    events.round_ended(RoundOutcome(0.0))
+    console.print(display._render())
+    lines = console.export_text().splitlines()
+    assert lines[0] == "connecting to the tracker..."
+    assert lines[1].startswith("not in sync: 1 paths behind")
+    assert lines[2] == "in sync: waiting for changes"
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (Debian: apt-get install tmux)")
 def test_the_live_display_in_a_real_terminal(tmp_path: Path, env, start_tracker, engine) -> None:
     a, b = tmp_path / "a", tmp_path / "b"

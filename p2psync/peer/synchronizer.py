@@ -573,6 +573,7 @@ class FileSynchronizer(threading.Thread):
         if self._held_back:
             behind += [Behind(path, "", "deletion held back by the brake") for path, _, _ in trash]
         outcome = RoundOutcome(time.time(), tuple(behind), self._held_back)
+        self.events.round_ended(outcome)
         previous, self.last_round = self.last_round, outcome
         if not self.settings.classic and (previous is None or previous.behind != outcome.behind):
             self.folder.write_note(NOTE, outcome_note(outcome, f"{self.trackerhost}:{self.trackerport}"))

@@ -141,8 +141,17 @@ class LiveDisplay:
 
     def _round_line(self, flying: list[TransferView]) -> Text:
         if self._round is None:
+            outcome = self._events.last_outcome
             last = f"  (last {self._last_summary})" if self._last_summary else ""
-            return Text(f"in sync: waiting for changes{last}", style="dim")
+            if outcome is None:
+                return Text("connecting to the tracker...", style="dim")
+            if outcome.in_sync:
+                return Text(f"in sync: waiting for changes{last}", style="dim")
+            held = f", {outcome.held_back} deletions held back by the brake" if outcome.held_back else ""
+            return Text(
+                f"not in sync: {len(outcome.behind)} paths behind{held} (p2psync status DIR says which){last}",
+                style="yellow",
+            )
         done = self._done_bytes + sum(t.done for t in flying)
         elapsed = max(time.monotonic() - self._round_started, 1e-3)
         rate = done / elapsed
