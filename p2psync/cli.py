@@ -137,13 +137,18 @@ def _parser() -> argparse.ArgumentParser:
         help="check against this tracker's directory now, and show it (e.g. --tracker 192.168.1.20:8900)",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON for scripts (e.g. --json)")
+    status.add_argument(
+        "--secret",
+        metavar="FILE",
+        help="the group key of a members-only tracker (default: the folder's config; e.g. --secret group.key)",
+    )
 
     keygen = commands.add_parser(
         "keygen",
         parents=[noise],
         help="write a new group key",
         description="Write a new random 32-byte group key to FILE (mode 0600; never over an existing file). "
-        "Members-only swarms are being built on it: the handshake is in place, the connections do not use it yet.",
+        "Give it to tracker and sync with --secret FILE: then only holders of the key can connect.",
         epilog="example:\n  p2psync keygen ~/.config/p2psync/group.key",
         formatter_class=formatter,
     )
@@ -235,11 +240,14 @@ def _run_tracker(args: argparse.Namespace) -> int:
 
         shared = RedisState(opts["state"], advertise=opts["advertise"])
         shared.check()  # unreachable now: one line, exit 2
-    tracker = _bind("tracker", opts["port"], lambda p: Tracker(p, opts["host"], shared=shared), opts["port"])
+    key = _group_key(opts["secret"])
+    tracker = _bind(
+        "tracker", opts["port"], lambda p: Tracker(p, opts["host"], shared=shared, group_key=key), opts["port"]
+    )
     tracker.start()
     where = f" sharing {opts['state']}" if shared is not None else ""
     print(f"p2psync tracker on {opts['host']}:{tracker.port}{where}. Peers join with:", flush=True)
-    print(_join_line(tracker.port), flush=True)
+    print(_join_line(tracker.port) + (" --secret KEYFILE" if key is not None else ""), flush=True)
     _wait_for_interrupt(tracker)
     tracker.exit()
     print("tracker stopped", flush=True)
@@ -276,6 +284,15 @@ def _resolvable(host: str, port: int) -> None:
         raise ConfigError(f"tracker address {host!r} does not resolve: {exc.strerror or exc}") from None
 
 
+def _group_key(path: str | None) -> bytes | None:
+    """The group key from `--secret FILE` (None: an open swarm). Never logged or shown."""
+    if path is None:
+        return None
+    from .local.keyfile import load_key
+
+    return load_key(path)
+
+
 def _run_sync(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.dir))
     opts = _sync_options(args, folder)
@@ -298,6 +315,7 @@ def _run_sync(args: argparse.Namespace) -> int:
         classic=False,
         max_delete=opts["max-delete"],
         max_rate=opts["max-rate"],
+        group_key=_group_key(opts["secret"]),
     )
     live = opts["progress"] and not args.quiet and sys.stdout.isatty()
     events = Events()
@@ -319,7 +337,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     if opts["tracker"] is None:
         from .tracker import Tracker  # joining a tracker elsewhere needs none: a quicker start
 
-        tracker = _bind("tracker", None, Tracker, opts["tracker-port"])
+        tracker = _bind("tracker", None, lambda p: Tracker(p, group_key=settings.group_key), opts["tracker-port"])
         tracker.start()
         host, port = "127.0.0.1", tracker.port
         alternates: tuple[tuple[str, int], ...] = ()
@@ -344,8 +362,9 @@ def _run_sync(args: argparse.Namespace) -> int:
     print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
     if tracker is not None:
         print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
-        print(_join_line(tracker.port), flush=True)
-        print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}", flush=True)
+        keyed = " --secret KEYFILE" if settings.group_key is not None else ""
+        print(_join_line(tracker.port) + keyed, flush=True)
+        print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}{keyed}", flush=True)
     else:
         print(f"Tracker: {', '.join(f'{h}:{p}' for h, p in opts['tracker'])}", flush=True)
     print("Ctrl-C stops.", flush=True)
@@ -399,7 +418,8 @@ def _run_status(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.dir))
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder} is not a folder")
-    opts = _sync_options(argparse.Namespace(config=None), folder)  # the folder's own brake, from its config
+    # The folder's own brake and key, from its config (a --secret given here wins).
+    opts = _sync_options(argparse.Namespace(config=None, secret=args.secret), folder)
     rules = IgnoreRules.for_folder(folder)
     listing = None
     where = None
@@ -408,7 +428,7 @@ def _run_status(args: argparse.Namespace) -> int:
         _resolvable(host, port)
         where = f"{host}:{port}"
         try:
-            listing = read_directory(host, port)
+            listing = read_directory(host, port, group_key=_group_key(opts["secret"]))
         except OSError as exc:
             raise ConfigError(f"cannot reach the tracker {where}: {exc.strerror or exc}") from None
     doc = folder_status(folder, rules, listing, where, opts["max-delete"])

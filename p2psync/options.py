@@ -10,6 +10,7 @@ Precedence: a flag given on the command line, else the config file
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,12 @@ def parse_state(text: str) -> str:
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"expected redis://HOST:PORT/DB or unix:///path/to/redis.sock, got {text!r}")
     return text
+
+
+def parse_path(text: str) -> str:
+    if not text.strip():
+        raise ConfigError("expected a file's path")
+    return os.path.expanduser(text)
 
 
 def parse_port(text: str) -> int:
@@ -197,6 +204,16 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         "no limit",
     ),
     Option(
+        "secret",
+        parse_path,
+        None,
+        "members only: every connection proves it holds the group key in FILE (p2psync keygen FILE makes one); "
+        "members never talk to a tracker or peer without it",
+        "--secret ~/.config/p2psync/group.key",
+        "FILE",
+        "open to anyone who can connect (the classic protocol)",
+    ),
+    Option(
         "progress",
         None,
         True,
@@ -216,6 +233,16 @@ TRACKER_OPTIONS: tuple[Option, ...] = (
         "--state redis://127.0.0.1:6379/0",
         "URL",
         "this process's memory",
+    ),
+    Option(
+        "secret",
+        parse_path,
+        None,
+        "members only: every connection proves it holds the group key in FILE (p2psync keygen FILE makes one); "
+        "members never talk to a tracker or peer without it",
+        "--secret ~/.config/p2psync/group.key",
+        "FILE",
+        "open to anyone who can connect (the classic protocol)",
     ),
     Option(
         "advertise",

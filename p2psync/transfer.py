@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._core import (
     BACKEND,
@@ -24,6 +26,9 @@ from ._core import (
 from .errors import TransferError
 from .protocol import decode_reply, encode_header, encode_request
 from .ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from .protocol.auth import Channel
 
 __all__ = [
     "BACKEND",
@@ -55,7 +60,12 @@ def transfer_deadline(nbytes: int) -> float:
 
 
 def upload(
-    sock: socket.socket, fd: int, st: os.stat_result, offset: int = 0, limiter: RateLimiter | None = None
+    sock: socket.socket,
+    fd: int,
+    st: os.stat_result,
+    offset: int = 0,
+    limiter: RateLimiter | None = None,
+    seal: Callable[[bytes], bytes] | None = None,
 ) -> int:
     """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`.
 
@@ -64,16 +74,21 @@ def upload(
     mtime), the transfer stops short, so even a classic receiver, which has no
     hash to check, sees a failed transfer rather than a torn file. Raises
     `TransferError` then, or if the socket fails. With a `limiter`, the bytes
-    go out in slices, each taken from its bucket first.
+    go out in slices, each taken from its bucket first. With `seal` (members
+    only), the header line goes out tagged; the bytes stay as they are.
     """
     size = st.st_size
     reply = small_reply(fd, st, offset)
+    if reply is not None and seal is not None:
+        header, _, body = reply.partition(b"\n")
+        reply = seal(header) + body
     if reply is not None:  # header and body leave in the same segment
         if limiter is not None:
             limiter.take(len(reply))
         _sendall(sock, reply)
         return size - offset
-    _sendall(sock, encode_header(size - offset))
+    header = encode_header(size - offset)
+    _sendall(sock, header if seal is None else seal(header.rstrip(b"\n")))
     position = offset
     step = CHANGE_CHECK_BYTES if limiter is None else limiter.slice_bytes
     while position < size:
@@ -116,7 +131,12 @@ def _sendall(sock: socket.socket, data: bytes) -> None:
 
 
 def request(
-    sock: socket.socket, name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False
+    sock: socket.socket,
+    name: str,
+    offset: int = 0,
+    sha256: str | None = None,
+    keep_open: bool = False,
+    channel: Channel | None = None,
 ) -> tuple[int, Buffer]:
     """Ask a holder for `name` (from `offset` of version `sha256`, to resume;
     `keep_open` to send another request on the same connection afterwards).
@@ -126,8 +146,9 @@ def request(
     holder answers `Error: ...`, `TransferError` when it fails or stays silent
     (the socket's timeout), `ProtocolError` for a malformed reply.
     """
+    line = encode_request(name, offset, sha256, keep_open)
     try:
-        sock.sendall(encode_request(name, offset, sha256, keep_open))
+        sock.sendall(line if channel is None else channel.seal(line.rstrip(b"\n")))
     except OSError as exc:
         raise TransferError(f"sending the request failed: {exc.strerror or exc}") from None
     reader = Buffer(sock, 8192, HEADER_MAX_BYTES)
@@ -137,7 +158,7 @@ def request(
         raise TransferError("timed out waiting for the Content-Length header") from None
     except OSError as exc:
         raise TransferError(f"receiving the header failed: {exc.strerror or exc}") from None
-    return decode_reply(header), reader
+    return decode_reply(header if channel is None else channel.open(header)), reader
 
 
 def recv_body(sock: socket.socket, reader: Buffer, nbytes: int) -> bytes:

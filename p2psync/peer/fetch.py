@@ -22,11 +22,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from p2psync.deadlines import Watchdog
-from p2psync.errors import P2PSyncError, Refused, TransferError
+from p2psync.errors import ConnectionClosed, P2PSyncError, Refused, TransferError
 from p2psync.events import Events, Kind
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.hashing import BackgroundHasher, new_hasher
+from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake
 from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
+from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
 from p2psync.transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
 
@@ -59,8 +61,10 @@ class Fetcher:
         max_file_size: int | None = None,
         events: Events | None = None,
         limiter: RateLimiter | None = None,
+        group_key: bytes | None = None,
     ) -> None:
         self.folder = folder
+        self._group_key = group_key  # members only: prove it to every holder, and take only hashed versions
         self.events = events or Events()
         self.limiter = limiter
         self.watchdog = watchdog
@@ -75,6 +79,9 @@ class Fetcher:
         """Fetch `name` at `entry`'s version from its holders in turn; whether it was
         installed. `expect`: what the install may replace (see `files.Install`)."""
         failure = "no holder but this peer"
+        if self._group_key is not None and entry.sha256 is None:
+            self.events.emit(Kind.FAILED, name, entry.size or 0, "no SHA-256 listed: members take only verified files")
+            return False
         for ip, port in entry.holders():
             if self._is_me(ip, port):
                 continue
@@ -111,23 +118,45 @@ class Fetcher:
                 name, entry.sha256, entry.size is None or entry.size >= RESUME_MIN_BYTES, expect
             ) as part,
         ):
+            channel = self._shake(sock)
             if not resume and part.offset:
                 part.restart()
             hasher = new_hasher(entry.size or 0) if entry.sha256 else None
             try:
-                self._receive(sock, name, entry, part, hasher)
+                self._receive(sock, name, entry, part, hasher, channel)
             finally:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
             return self._install(part, entry, hasher)
 
-    def _receive(self, sock: socket.socket, name: str, entry: DirectoryEntry, part: PartialFile, hasher: Any) -> None:
+    def _shake(self, sock: socket.socket) -> Channel | None:
+        """Members only: prove membership to the holder (and check its proof) first."""
+        if self._group_key is None:
+            return None
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        with self.watchdog.limit(sock, HANDSHAKE_TIMEOUT_S, "the handshake"):
+            try:
+                return client_handshake(sock, self._group_key, b"peer")
+            except ConnectionClosed:
+                raise TransferError("the holder is not a member of this swarm") from None
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        name: str,
+        entry: DirectoryEntry,
+        part: PartialFile,
+        hasher: Any,
+        channel: Channel | None = None,
+    ) -> None:
         if hasher is not None and part.offset:
             part.feed_prefix(hasher)
         sock.settimeout(HEADER_TIMEOUT_S)
         with self.watchdog.limit(sock, HEADER_TIMEOUT_S, "waiting for the reply header"):
             try:
-                length, reader = request(sock, name, part.offset, entry.sha256 if part.offset else None)
+                length, reader = request(
+                    sock, name, part.offset, entry.sha256 if part.offset else None, channel=channel
+                )
             except Refused as exc:
                 if part.offset:
                     raise _ResumeRefused(str(exc)) from None
@@ -241,20 +270,24 @@ class Fetcher:
         try:
             with sock, self._tracked(sock):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests go out at once
+                channel = self._shake(sock)
                 sock.settimeout(RECV_TIMEOUT_S)
                 reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)  # one reader: replies arrive back to back
                 while True:
                     while len(batches) < PIPELINE_DEPTH // PIPELINE_BATCH and todo:
                         batch = self._next_batch(todo)
                         batches.append(batch)  # before sending: on failure it is given back
-                        sock.sendall(b"".join(encode_request(n, 0, e.sha256, keep_open=True) for n, e in batch))
+                        lines = [encode_request(n, 0, e.sha256, keep_open=True) for n, e in batch]
+                        if channel is not None:
+                            lines = [channel.seal(line.rstrip(b"\n")) for line in lines]
+                        sock.sendall(b"".join(lines))
                     if not batches:
                         return installed
                     batch = batches[0]
                     size = sum(entry.size or 0 for _, entry in batch)
                     self._check_space(size)
                     with self.watchdog.limit(sock, transfer_deadline(size), f"receiving {len(batch)} files"):
-                        got, failure = self._receive_batch(sock, reader, batch, holder, expects)
+                        got, failure = self._receive_batch(sock, reader, batch, holder, expects, channel)
                         installed += got
                         if failure is not None:
                             raise failure
@@ -289,6 +322,7 @@ class Fetcher:
         batch: list[tuple[str, DirectoryEntry]],
         holder: tuple[str, int],
         expects: Mapping[str, Any],
+        channel: Channel | None = None,
     ) -> tuple[int, P2PSyncError | OSError | None]:
         """Receive the replies to `batch`, verify them and install them together:
         how many were installed, and what stopped the batch early, if anything
@@ -297,7 +331,7 @@ class Fetcher:
         failure: P2PSyncError | OSError | None = None
         try:
             for name, entry in batch:
-                data = self._receive_verified(sock, reader, name, entry)
+                data = self._receive_verified(sock, reader, name, entry, channel)
                 verified.append(
                     Install(name, data, entry.mtime, entry.sha256, entry.mode, expects.get(name, ANY), entry.vector)
                 )
@@ -311,9 +345,12 @@ class Fetcher:
         del batch[: len(verified)]
         return sum(done), failure
 
-    def _receive_verified(self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry) -> bytes:
+    def _receive_verified(
+        self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry, channel: Channel | None = None
+    ) -> bytes:
         """The body of the next reply of a pipeline, if it is exactly the version `entry` names."""
-        length = decode_reply(reader.read_line())
+        header = reader.read_line()
+        length = decode_reply(header if channel is None else channel.open(header))
         if length != entry.size:
             raise TransferError(f"holder offers {length} bytes of {name}, the directory says {entry.size}")
         if self.limiter is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from p2psync.errors import ProtocolError
+from p2psync.errors import ConnectionClosed, ProtocolError
+from p2psync.membership import client_handshake
 from p2psync.net import family
 from p2psync.protocol import FEATURES, Listing, decode_listing, encode_keepalive
 from p2psync.transfer import Buffer
@@ -14,7 +15,7 @@ __all__ = ["MAX_DIRECTORY_BYTES", "read_directory"]
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
 
 
-def read_directory(host: str, port: int, timeout: float = 10.0) -> Listing:
+def read_directory(host: str, port: int, timeout: float = 10.0, group_key: bytes | None = None) -> Listing:
     """The tracker's directory, as a p2psync peer is shown it.
 
     One KeepAlive that declares p2psync's features, from a port that no peer of
@@ -27,13 +28,22 @@ def read_directory(host: str, port: int, timeout: float = 10.0) -> Listing:
         sock.settimeout(timeout)
         sock.connect((host, port))
         own_port = sock.getsockname()[1]
+        channel = None
+        if group_key is not None:
+            try:
+                channel = client_handshake(sock, group_key, b"tracker")
+            except (ProtocolError, ConnectionClosed):
+                raise OSError("the tracker is not a member of this swarm (no key, or another one)") from None
         # Classic trackers ignore the features key; p2psync trackers answer in the extended shape.
-        sock.sendall(encode_keepalive(own_port, features=FEATURES))
+        message = encode_keepalive(own_port, features=FEATURES)
+        sock.sendall(message if channel is None else channel.seal(message.rstrip(b"\n")))
         reader = Buffer(sock, 64 * 1024, MAX_DIRECTORY_BYTES)
         try:
             line = reader.read_line()
         except TimeoutError:
             raise OSError(f"tracker {host}:{port} did not answer within {timeout:g} s") from None
+        if channel is not None:
+            line = channel.open(line)
     try:
         return decode_listing(line)
     except ProtocolError as exc:

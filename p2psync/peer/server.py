@@ -22,7 +22,9 @@ from p2psync import transfer
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from p2psync.local import Folder
+from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake
 from p2psync.protocol import decode_request, encode_refusal
+from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
 from p2psync.transfer import Buffer, upload
 
@@ -65,8 +67,10 @@ class FileServer:
         watchdog: Watchdog,
         buffer_size: int = 8192,
         limiter: RateLimiter | None = None,
+        group_key: bytes | None = None,
     ) -> None:
         self.listener = listener
+        self._group_key = group_key  # members only: every connection proves it holds this key first
         self.limiter = limiter  # uploads' bandwidth limit, if any
         self.folder = folder
         self.watchdog = watchdog
@@ -137,6 +141,10 @@ class FileServer:
         with self._lock:
             self._active.add(conn)
         try:
+            if self._group_key is not None:
+                held.channel = self._shake(conn, reader, who)
+                if held.channel is None:
+                    return
             while not self._stopping.is_set() and self._answer(conn, reader, held, who):
                 pass
             held.send()  # what was answered before the client hung up or erred is still its due
@@ -146,6 +154,18 @@ class FileServer:
             with self._lock:
                 self._active.discard(conn)
             conn.close()
+
+    def _shake(self, conn: socket.socket, reader: Buffer, who: str) -> Channel | None:
+        """Members only: the client's proof, within the handshake's deadline; None (and
+        the one refusal line, sent by `server_handshake`) for anything else."""
+        assert self._group_key is not None
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            with self.watchdog.limit(conn, HANDSHAKE_TIMEOUT_S, "the handshake"):
+                return server_handshake(conn, reader, self._group_key, b"peer")
+        except (P2PSyncError, OSError) as exc:
+            log.info("peer %s: not a member of this swarm (%s); closing", who, type(exc).__name__)
+            return None
 
     def _answer(self, conn: socket.socket, reader: Buffer, held: _HeldReplies, who: str) -> bool:
         """Answer one request; whether the client asked to send another."""
@@ -157,12 +177,16 @@ class FileServer:
                 conn.settimeout(REQUEST_TIMEOUT_S)
                 with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
                     line = reader.read_line()
+            if held.channel is not None:
+                line = held.channel.open(line)
             request = decode_request(line)
             fd, st = self.folder.open_for_serving(request.name)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
             reply = transfer.small_reply(fd, st, request.offset) if request.keep_open else None
-            if reply is not None:
+            if reply is not None and held.channel is not None:
+                header, _, body = reply.partition(b"\n")
+                reply = held.channel.seal(header) + body  # the header tagged, the body as it is
                 if self.limiter is not None:
                     self.limiter.take(len(reply))
                 held.add(reply)  # sent with the replies to the requests that follow it
@@ -170,7 +194,8 @@ class FileServer:
                 held.send()
                 conn.settimeout(transfer.BASE_TRANSFER_S)
                 with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
-                    upload(conn, fd, st, request.offset, self.limiter)
+                    seal = held.channel.seal if held.channel is not None else None
+                    upload(conn, fd, st, request.offset, self.limiter, seal)
             log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
         except ConnectionClosed:
@@ -207,6 +232,7 @@ class _HeldReplies:
         self.watchdog = watchdog
         self._replies: list[bytes] = []
         self._bytes = 0
+        self.channel: Channel | None = None  # members only: tags every line sent
 
     def add(self, reply: bytes) -> None:
         self._replies.append(reply)
@@ -232,4 +258,8 @@ class _HeldReplies:
         """Send what is held, then refuse the request after it, and close."""
         with contextlib.suppress(P2PSyncError, OSError):
             self.send()
-        refuse(self.conn, reason)
+        if self.channel is None:
+            refuse(self.conn, reason)
+        else:
+            with contextlib.suppress(OSError):
+                self.conn.sendall(self.channel.seal(encode_refusal(reason).rstrip(b"\n")))

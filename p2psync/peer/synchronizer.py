@@ -24,11 +24,12 @@ from typing import Any
 
 from p2psync.config import DAY_S, PeerSettings
 from p2psync.deadlines import Watchdog
-from p2psync.errors import ProtocolError
+from p2psync.errors import ConnectionClosed, ProtocolError
 from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
 from p2psync.local import Folder, LocalFile
 from p2psync.local.watching import FolderWatcher, require_watching
+from p2psync.membership import client_handshake
 from p2psync.net import family
 from p2psync.paths import is_classic_name
 from p2psync.protocol import (
@@ -42,6 +43,7 @@ from p2psync.protocol import (
     encode_init,
     encode_keepalive,
 )
+from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
 from p2psync.status import NOTE, outcome_note
 from p2psync.sync import Action, Deletion, Version, conflict_name, decide, merge
@@ -158,7 +160,12 @@ class FileSynchronizer(threading.Thread):
         self.last_round: RoundOutcome | None = None
         rate = settings.max_rate
         self._file_server = FileServer(
-            self.server, self.folder, self._watchdog, self.BUFFER_SIZE, RateLimiter(rate) if rate else None
+            self.server,
+            self.folder,
+            self._watchdog,
+            self.BUFFER_SIZE,
+            RateLimiter(rate) if rate else None,
+            settings.group_key,
         )
         self._fetcher = Fetcher(
             self.folder,
@@ -167,11 +174,13 @@ class FileSynchronizer(threading.Thread):
             settings.max_file_size,
             events,
             RateLimiter(rate) if rate else None,
+            settings.group_key,
         )
         self._warned: set[str] = set()
         self._held_back = 0  # deletions the brake held back in the last round
         self._settled: tuple[bytes, int] | None = None  # (directory, folder generation) of a round with nothing to do
         self._next_expiry = 0.0
+        self._channel: Channel | None = None  # the tracker line's tags, when the swarm is members only
         self._once = False  # run_once: a tracker failure is the caller's to report, not retried
         self.tracker_error: str | None = None  # what went wrong with the tracker, until a reply comes
 
@@ -256,12 +265,18 @@ class FileSynchronizer(threading.Thread):
                 return
             self._polling = False
             with contextlib.suppress(OSError):
-                self.client.sendall(encode_keepalive(self.port))
+                self.client.sendall(self._sealed(encode_keepalive(self.port)))
                 self._owed += 1
+
+    def _sealed(self, message: bytes) -> bytes:
+        """`message` as it goes out: tagged when the connection is a members' one.
+        Called under `_send_lock`, so tags are numbered in the order lines leave."""
+        channel = self._channel
+        return message if channel is None else channel.seal(message.rstrip(b"\n"))
 
     def _send(self, message: bytes, poll: bool) -> None:
         with self._send_lock:
-            self.client.sendall(message)
+            self.client.sendall(self._sealed(message))
             self._owed += 1
             self._polling = poll  # only once it is out: a cut must come after it
 
@@ -270,6 +285,8 @@ class FileSynchronizer(threading.Thread):
         poll cut short) are read and dropped."""
         while True:
             line = reader.read_line()
+            if self._channel is not None:
+                line = self._channel.open(line)
             with self._send_lock:
                 self._owed -= 1
                 if self._owed <= 0:
@@ -307,6 +324,13 @@ class FileSynchronizer(threading.Thread):
 
     def _connect(self) -> None:
         self.client.connect((self.trackerhost, self.trackerport))
+        self._channel = None
+        key = self.settings.group_key
+        if key is not None:  # members only: nothing is sent before both sides proved it
+            try:
+                self._channel = client_handshake(self.client, key, b"tracker")
+            except (ProtocolError, ConnectionClosed):
+                raise OSError("the tracker is not a member of this swarm (no key, or another one)") from None
         log.info("connected to tracker %s:%d", self.trackerhost, self.trackerport)
 
     def _client_connected(self) -> bool:

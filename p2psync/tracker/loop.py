@@ -18,10 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from p2psync.errors import P2PSyncError, UnsafeName
+from p2psync.errors import P2PSyncError, ProtocolError, UnsafeName
 from p2psync.net import is_loopback
 from p2psync.paths import safe_path
 from p2psync.protocol import FileInfo, decode_peer_message
+from p2psync.protocol.auth import MAX_HANDSHAKE_LINE, REFUSAL, Channel, ServerHandshake
 from p2psync.sync.versions import Deletion
 from p2psync.transfer import LineSplitter
 
@@ -66,6 +67,9 @@ class _Connection:
     held_until: float | None = None  # a long poll: its reply is owed by then, or at the next change
     features: tuple[str, ...] = ()  # what the peer declared (none: a classic peer, answered the classic way)
     since: str | None = None  # the directory generation the peer said it holds: its reply may be a delta
+    handshake: ServerHandshake | None = None  # members only: until the peer has proved it holds the key
+    proved_hello: bool = False  # its first handshake line was answered
+    channel: Channel | None = None  # members only: its lines' tags, from the handshake on
 
     @property
     def name(self) -> str:
@@ -97,6 +101,7 @@ class Tracker(threading.Thread):
         max_connections: int = MAX_CONNECTIONS,
         max_buffered: int = MAX_BUFFERED_BYTES,
         shared: RedisState | None = None,
+        group_key: bytes | None = None,
     ) -> None:
         super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
         self.host = host
@@ -121,6 +126,7 @@ class Tracker(threading.Thread):
         self._stopping = threading.Event()
         # Several trackers, one swarm (shared.py): this one's peers go out, the others' come in.
         self.shared = shared
+        self._group_key = group_key  # members only: every connection proves it holds this key first
         self._publishing = shared is not None  # off while stopping: the records stay for failover
 
     # ------------------------------------------------------------ public
@@ -204,6 +210,8 @@ class Tracker(threading.Thread):
             local_ip = sock.getsockname()[0]
             alias = None if is_loopback(address[0]) else local_ip
             conn = _Connection(sock, address[:2], LineSplitter(self.max_message), time.monotonic(), alias)
+            if self._group_key is not None:
+                conn.handshake = ServerHandshake(self._group_key, b"tracker")
             self._connections[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
             log.debug("peer %s connected", conn.name)
@@ -218,6 +226,9 @@ class Tracker(threading.Thread):
                     self._close(conn, "closed the connection")
                     return
                 conn.splitter.feed(data)
+                if conn.handshake is not None and conn.splitter.pending_bytes > MAX_HANDSHAKE_LINE:
+                    self._refuse(conn)  # a handshake line is short: do not hold a long one
+                    return
                 if conn.held_until is not None:  # a new message ends a long poll: its reply goes first
                     self._reply(conn)
             self._answer_lines(conn)
@@ -231,6 +242,12 @@ class Tracker(threading.Thread):
         # One reply at a time: a peer that does not read its replies stops
         # being read, so its unsent output stays one directory long.
         while not conn.out and conn.held_until is None and (line := conn.splitter.next_line()) is not None:
+            if conn.handshake is not None:
+                if not self._shake(conn, line):
+                    return
+                continue
+            if conn.channel is not None:
+                line = conn.channel.open(line)  # a bad tag: ProtocolError, the connection is closed
             conn.last_seen = time.monotonic()
             wait = self._handle(conn, line)
             if wait and conn.seen_generation == self.directory.generation and not conn.splitter.pending_bytes:
@@ -242,6 +259,28 @@ class Tracker(threading.Thread):
                 self._reply(conn)
         self._watch_events(conn)
 
+    def _shake(self, conn: _Connection, line: bytes) -> bool:
+        """One handshake line of a members-only connection; whether it goes on."""
+        assert conn.handshake is not None
+        try:
+            if not conn.proved_hello:
+                conn.out = memoryview(conn.handshake.hello(line))
+                conn.proved_hello = True
+                self._flush(conn)
+            else:
+                conn.channel = conn.handshake.proof(line)
+                conn.handshake = None
+        except ProtocolError:
+            self._refuse(conn)
+            return False
+        return True
+
+    def _refuse(self, conn: _Connection) -> None:
+        """Not a member: the one refusal line (whatever went wrong), then the close."""
+        with contextlib.suppress(OSError):
+            conn.sock.send(REFUSAL)
+        self._close(conn, "not a member of this swarm", level=logging.INFO)
+
     def _reply(self, conn: _Connection) -> None:
         """Start sending `conn` the directory (a long poll held for it ends here)."""
         if conn.held_until is not None:
@@ -249,7 +288,10 @@ class Tracker(threading.Thread):
             self._held.pop(conn, None)
         # shared, never copied: one encoded reply per shape
         since = conn.since if "delta" in conn.features else None
-        conn.out = memoryview(self.directory.encoded(conn.loopback_alias, bool(conn.features), since))
+        line = self.directory.encoded(conn.loopback_alias, bool(conn.features), since)
+        if conn.channel is not None:  # members only: the shared line, then this connection's tag
+            line = line[:-1] + conn.channel.trailer(line[:-1])
+        conn.out = memoryview(line)
         conn.seen_generation = self.directory.generation
         self._flush(conn)
 
@@ -366,6 +408,8 @@ class Tracker(threading.Thread):
     def _account(self, conn: _Connection) -> None:
         """Keep the bytes held for unfinished messages of all connections under
         `max_buffered`: past it, the connection holding the most is dropped."""
+        if conn.sock not in self._connections:
+            return  # closed meanwhile (refused): its bytes are no longer counted
         held = conn.splitter.pending_bytes
         self._buffered += held - conn.buffered
         conn.buffered = held
