@@ -1,11 +1,14 @@
-"""Members only, the parts that exist so far: the group key on disk and the sans-IO
-handshake and line tags (p2psync/protocol/auth.py). The connections do not use
-them yet (issue 13)."""
+"""Members only: the group key on disk, the sans-IO handshake and line tags
+(p2psync/protocol/auth.py), and keyed swarms end to end on loopback, on both
+backends: members sync; a wrong key, a classic client, an open tracker, a
+tampered line, an oversized or a silent handshake get nothing and write nothing."""
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,10 @@ from hypothesis import strategies as st
 from p2psync import cli
 from p2psync.errors import ConfigError, ProtocolError
 from p2psync.local.keyfile import load_key, write_new_key
-from p2psync.protocol.auth import ClientHandshake, ServerHandshake, new_key
+from p2psync.protocol.auth import HELLO, MAX_HANDSHAKE_LINE, REFUSAL, ClientHandshake, ServerHandshake, new_key
+
+from .classic_peer import recv_line
+from .loopback import LOOPBACK, wait_until
 
 KEY = new_key()
 
@@ -130,3 +136,119 @@ def test_a_key_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="64 hex digits") as caught:
         load_key(str(path))
     assert "not a key" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture
+def keyed(start_tracker):
+    def start(key: bytes = KEY, **kwargs: object):
+        return start_tracker(group_key=key, **kwargs)
+
+    return start
+
+
+def member(engine, folder: Path, port: int, key: bytes = KEY):
+    return engine(folder, port, group_key=key)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and ".p2psync" not in p.parts
+    }
+
+
+def refused(sock: socket.socket) -> bytes:
+    """Everything the other side sends before it closes (a refusal is one line, then the close)."""
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.usefixtures("backend")
+def test_members_sync_small_and_large_files(tmp_path: Path, keyed, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    files = {f"docs/{i}.txt": os.urandom(3000) for i in range(40)} | {"big.bin": os.urandom(3 << 20)}
+    for name, data in files.items():
+        (a / name).parent.mkdir(parents=True, exist_ok=True)
+        (a / name).write_bytes(data)
+    tracker = keyed()
+    member(engine, a, tracker.port)
+    member(engine, b, tracker.port)
+    wait_until(lambda: tree(b) == files, 30, "every file between members")  # pipelined and single fetches
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_wrong_key_gets_nothing_and_gives_nothing(tmp_path: Path, keyed, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "private.txt").write_text("members only")
+    b.mkdir()
+    (b / "planted.txt").write_text("from an outsider")
+    tracker = keyed()
+    member(engine, a, tracker.port)
+    outsider = member(engine, b, tracker.port, key=new_key())
+    wait_until(lambda: "private.txt" in tracker.directory.entries(), 20, "the member's report")
+    wait_until(lambda: outsider.tracker_error is not None, 20, "the outsider to be refused")
+    assert "planted.txt" not in tracker.directory.entries()
+    assert tree(b) == {"planted.txt": b"from an outsider"} and tree(a) == {"private.txt": b"members only"}
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_classic_client_gets_one_refusal_line(tmp_path: Path, keyed, engine) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "x.txt").write_text("members only")
+    tracker = keyed()
+    peer = member(engine, a, tracker.port)
+    wait_until(lambda: "x.txt" in tracker.directory.entries(), 20, "the member's report")
+    with socket.create_connection((LOOPBACK, tracker.port)) as sock:
+        sock.sendall(b'{"port": 9999, "files": [{"name": "evil.txt", "mtime": 9999999999}]}\n')
+        assert refused(sock) == REFUSAL
+    with socket.create_connection((LOOPBACK, peer.port)) as sock:
+        sock.sendall(b"x.txt\n")
+        assert refused(sock) == REFUSAL  # no Content-Length, no byte of the file
+    assert set(tracker.directory.entries()) == {"x.txt"}
+
+
+def test_a_member_never_talks_to_an_open_tracker(tmp_path: Path, engine) -> None:
+    with socket.create_server((LOOPBACK, 0)) as fake:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "secret.txt").write_text("never sent")
+        member(engine, tmp_path / "a", fake.getsockname()[1])
+        conn, _ = fake.accept()
+        with conn:
+            conn.settimeout(10)
+            first = conn.recv(4096)
+            conn.sendall(b"{}\n")  # an open (or stripping) tracker answers with a directory
+            rest = refused(conn)
+    assert first.startswith(HELLO + b" tracker ") and b"secret" not in first + rest
+    assert b"{" not in rest  # no Init followed
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_tampered_line_or_a_bad_handshake_is_closed(keyed) -> None:
+    tracker = keyed(identify_timeout=1.0)
+    with socket.create_connection((LOOPBACK, tracker.port)) as sock:
+        hs = ClientHandshake(KEY, b"tracker")
+        sock.sendall(hs.hello())
+        proof, channel = hs.answer(recv_line(sock)[0])
+        sock.sendall(proof)
+        sealed = bytearray(channel.seal(b'{"port": 9001, "files": [{"name": "a.txt", "mtime": 5}]}'))
+        sealed[12] ^= 1  # one bit of the message changed on the way
+        sock.sendall(bytes(sealed))
+        assert refused(sock) == b""  # closed, nothing answered
+    assert tracker.directory.entries() == {}
+    with socket.create_connection((LOOPBACK, tracker.port)) as sock:
+        sock.sendall(b"P" * (MAX_HANDSHAKE_LINE + 10))  # no newline, longer than any handshake line
+        assert refused(sock) == REFUSAL
+    with socket.create_connection((LOOPBACK, tracker.port)) as sock:
+        began = time.monotonic()
+        assert refused(sock) == b""  # silent: closed at the identify deadline
+        assert time.monotonic() - began < 9
