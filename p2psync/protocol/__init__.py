@@ -1,7 +1,8 @@
 """Sans-IO wire protocol: build and parse every message, bytes in, values out.
 
 `messages`: peer <-> tracker (classic JSON lines and the negotiated extensions);
-`requests`: peer <-> peer (`name\\n` -> `Content-Length: N\\n` + N bytes). No
+`requests`: peer <-> peer (`name\\n` -> `Content-Length: N\\n` + N bytes);
+`auth`: members only, the group-key handshake and per-line tags. No
 socket, file, clock or thread is touched here (a ruff banned-api rule fences it).
 """
 
