@@ -252,3 +252,28 @@ def test_a_tampered_line_or_a_bad_handshake_is_closed(keyed) -> None:
         began = time.monotonic()
         assert refused(sock) == b""  # silent: closed at the identify deadline
         assert time.monotonic() - began < 9
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_tampered_request_gets_no_byte_of_the_file(tmp_path: Path, keyed, engine) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "x.txt").write_text("members only")
+    tracker = keyed()
+    peer = member(engine, a, tracker.port)
+    for tamper in (False, True):
+        with socket.create_connection((LOOPBACK, peer.port)) as sock:
+            hs = ClientHandshake(KEY, b"peer")
+            sock.sendall(hs.hello())
+            proof, channel = hs.answer(recv_line(sock)[0])
+            sock.sendall(proof)
+            sealed = bytearray(channel.seal(b"x.txt"))
+            if tamper:
+                sealed[0] ^= ord("x") ^ ord("y")  # asks for y.txt under x.txt's tag
+            sock.sendall(bytes(sealed))
+            got = refused(sock)
+        if tamper:
+            assert b"members only" not in got and b"Content-Length" not in got
+        else:  # the untampered request, as a member sends it: a tagged header, the raw bytes
+            header, _, body = got.partition(b"\n")
+            assert channel.open(header) == b"Content-Length: 12" and body == b"members only"
