@@ -323,7 +323,11 @@ def test_a_rename_is_copied_locally_not_fetched(tmp_path: Path, start_tracker, e
         (a / "new").mkdir()
         (a / "old/name.bin").rename(a / "new/name.bin")
         wait_until(lambda: tree(b) == {"new/name.bin": data}, 20, "the rename at b")
-    assert any("copied new/name.bin from old/name.bin" in r.getMessage() for r in caplog.records)
+        wait_until(
+            lambda: any("copied new/name.bin from old/name.bin" in r.getMessage() for r in caplog.records),
+            20,
+            "the copy's log line",
+        )
     assert trash(b) == {"old/name.bin": data}
     assert pb.is_alive()
 
@@ -455,8 +459,15 @@ def test_a_file_brought_back_is_copied_from_the_trash(tmp_path: Path, start_trac
     with caplog.at_level(logging.INFO, "p2psync"):
         write(a / "photos/cat.jpg", data)  # brought back from a backup: a new version, the same bytes
         wait_until(lambda: (b / "photos/cat.jpg").exists(), 20, "the file back at b")
+        # The event is said just after the copy is in place: wait for it, do not race it.
+        wait_until(
+            lambda: any(
+                "copied photos/cat.jpg from .p2psync/trash/photos/cat.jpg" in r.getMessage() for r in caplog.records
+            ),
+            20,
+            "the copy's log line",
+        )
     assert (b / "photos/cat.jpg").read_bytes() == data
-    assert any("copied photos/cat.jpg from .p2psync/trash/photos/cat.jpg" in r.getMessage() for r in caplog.records)
 
 
 def test_the_trash_never_overwrites_an_earlier_copy(tmp_path: Path, start_tracker, engine) -> None:
