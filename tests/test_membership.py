@@ -277,3 +277,39 @@ def test_a_tampered_request_gets_no_byte_of_the_file(tmp_path: Path, keyed, engi
         else:  # the untampered request, as a member sends it: a tagged header, the raw bytes
             header, _, body = got.partition(b"\n")
             assert channel.open(header) == b"Content-Length: 12" and body == b"members only"
+
+
+@pytest.mark.usefixtures("backend")
+def test_truncated_handshakes_leave_both_servers_serving(tmp_path: Path, keyed, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "x.txt").write_text("still served")
+    tracker = keyed()
+    peer = member(engine, a, tracker.port)
+    wait_until(lambda: "x.txt" in tracker.directory.entries(), 20, "the member's report")
+    for port in (tracker.port, peer.port):
+        with socket.create_connection((LOOPBACK, port)) as sock:
+            sock.sendall(ClientHandshake(KEY, b"peer" if port == peer.port else b"tracker").hello()[:20])
+        with socket.create_connection((LOOPBACK, port)) as sock:
+            hs = ClientHandshake(KEY, b"peer" if port == peer.port else b"tracker")
+            sock.sendall(hs.hello())
+            recv_line(sock)  # the server's proof, then this client goes away without its own
+    member(engine, b, tracker.port)
+    wait_until(lambda: tree(b) == {"x.txt": b"still served"}, 20, "a member's sync after the broken ones")
+
+
+def test_keyed_and_open_swarms_side_by_side_never_mix(tmp_path: Path, start_tracker, engine) -> None:
+    keyed_folders = [tmp_path / "k1", tmp_path / "k2"]
+    open_folders = [tmp_path / "o1", tmp_path / "o2"]
+    for folder in (*keyed_folders, *open_folders):
+        folder.mkdir()
+        (folder / f"{folder.name}.txt").write_text(folder.name)
+    keyed_tracker, open_tracker = start_tracker(group_key=KEY), start_tracker()
+    for folder in keyed_folders:
+        member(engine, folder, keyed_tracker.port)
+    for folder in open_folders:
+        engine(folder, open_tracker.port)
+    wait_until(lambda: all(len(tree(f)) == 2 for f in (*keyed_folders, *open_folders)), 30, "both swarms in sync")
+    assert set(keyed_tracker.directory.entries()) == {"k1.txt", "k2.txt"}
+    assert set(open_tracker.directory.entries()) == {"o1.txt", "o2.txt"}
+    assert all(set(tree(f)) == {"k1.txt", "k2.txt"} for f in keyed_folders)
