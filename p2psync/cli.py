@@ -34,6 +34,7 @@ from .options import (
     TRACKER_OPTIONS,
     Resolved,
     add_options,
+    argument_type,
     parse_host_port,
     parse_port,
     resolve,
@@ -64,16 +65,6 @@ EPILOG_STATUS = """examples:
   p2psync status ~/Shared --json                        the same as a JSON document (schema: README)
 
 exit status: 0 in sync, 1 not in sync, 2 error."""
-
-
-def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def read(text: str) -> Any:
-        try:
-            return parse(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return read
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("dir", metavar="DIR", help="a folder p2psync syncs")
     status.add_argument(
         "--tracker",
-        type=_arg(parse_host_port),
+        type=argument_type(parse_host_port),
         metavar="HOST:PORT",
         help="check against this tracker's directory now, and show it (e.g. --tracker 192.168.1.20:8900)",
     )
@@ -450,7 +441,7 @@ def classic_tracker_main(argv: Sequence[str] | None = None) -> int:
     """`python -m p2psync.tracker IP PORT`, as the classic `tracker.py IP PORT`."""
     parser = argparse.ArgumentParser(prog="python -m p2psync.tracker", description="Run a p2psync tracker.")
     parser.add_argument("ip", help="address to listen on, e.g. 0.0.0.0")
-    parser.add_argument("port", type=_arg(parse_port), help="port to listen on")
+    parser.add_argument("port", type=argument_type(parse_port), help="port to listen on")
     args = parser.parse_args(argv)
     _configure_logging(0, 0)
     from .tracker import Tracker
@@ -471,7 +462,7 @@ def classic_peer_main(argv: Sequence[str] | None = None) -> int:
         description="Sync the current folder through a tracker (serving on the first free port from 8000).",
     )
     parser.add_argument("tracker_ip")
-    parser.add_argument("tracker_port", type=_arg(parse_port))
+    parser.add_argument("tracker_port", type=argument_type(parse_port))
     args = parser.parse_args(argv)
     _configure_logging(0, 0)
     peer = bind_first_free(lambda port: FileSynchronizer(args.tracker_ip, args.tracker_port, port), FIRST_PEER_PORT)

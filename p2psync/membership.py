@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from .errors import ProtocolError
+from .errors import ConnectionClosed, ProtocolError
 from .protocol.auth import MAX_HANDSHAKE_LINE, REFUSAL, Channel, ClientHandshake, ServerHandshake
 from .transfer import Buffer
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "client_handshake", "server_handshake"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "client_handshake", "server_handshake", "tracker_handshake"]
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -28,6 +28,15 @@ def client_handshake(sock: socket.socket, key: bytes, channel: bytes) -> Channel
         raise ProtocolError("the other side is not a member of this swarm")
     sock.sendall(proof)
     return sealed
+
+
+def tracker_handshake(sock: socket.socket, key: bytes) -> Channel:
+    """`client_handshake` on a tracker line; a tracker that cannot prove the key is an
+    `OSError` for the caller, like a tracker that cannot be reached."""
+    try:
+        return client_handshake(sock, key, b"tracker")
+    except (ProtocolError, ConnectionClosed):
+        raise OSError("the tracker is not a member of this swarm (no key, or another one)") from None
 
 
 def server_handshake(sock: socket.socket, reader: Buffer, key: bytes, channel: bytes) -> Channel:

@@ -31,6 +31,7 @@ __all__ = [
     "Option",
     "Resolved",
     "add_options",
+    "argument_type",
     "parse_host_port",
     "parse_port",
     "parse_rate",
@@ -138,6 +139,17 @@ class Option:
             raise ConfigError(f"{where}: {self.key}: {exc}") from None
 
 
+SECRET = Option(  # the same for sync and tracker
+    "secret",
+    parse_path,
+    None,
+    "members only: every connection proves it holds the group key in FILE (p2psync keygen FILE makes one); "
+    "members never talk to a tracker or peer without it",
+    "--secret ~/.config/p2psync/group.key",
+    "FILE",
+    "open to anyone who can connect (the classic protocol)",
+)
+
 SYNC_OPTIONS: tuple[Option, ...] = (
     Option(
         "tracker",
@@ -203,16 +215,7 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         "RATE",
         "no limit",
     ),
-    Option(
-        "secret",
-        parse_path,
-        None,
-        "members only: every connection proves it holds the group key in FILE (p2psync keygen FILE makes one); "
-        "members never talk to a tracker or peer without it",
-        "--secret ~/.config/p2psync/group.key",
-        "FILE",
-        "open to anyone who can connect (the classic protocol)",
-    ),
+    SECRET,
     Option(
         "progress",
         None,
@@ -234,16 +237,7 @@ TRACKER_OPTIONS: tuple[Option, ...] = (
         "URL",
         "this process's memory",
     ),
-    Option(
-        "secret",
-        parse_path,
-        None,
-        "members only: every connection proves it holds the group key in FILE (p2psync keygen FILE makes one); "
-        "members never talk to a tracker or peer without it",
-        "--secret ~/.config/p2psync/group.key",
-        "FILE",
-        "open to anyone who can connect (the classic protocol)",
-    ),
+    SECRET,
     Option(
         "advertise",
         parse_host,
@@ -257,9 +251,8 @@ TRACKER_OPTIONS: tuple[Option, ...] = (
 )
 
 
-def _argtype(option: Option) -> Callable[[str], Any]:
-    parse = option.parse
-    assert parse is not None
+def argument_type(parse: Callable[[str], Any], name: str | None = None) -> Callable[[str], Any]:
+    """`parse` as an argparse `type`: its `ConfigError` becomes argparse's one-line usage error."""
 
     def read(text: str) -> Any:
         try:
@@ -267,8 +260,13 @@ def _argtype(option: Option) -> Callable[[str], Any]:
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
-    read.__name__ = option.key  # argparse names the option in its error
+    read.__name__ = name or parse.__name__  # argparse names the option in its error
     return read
+
+
+def _argtype(option: Option) -> Callable[[str], Any]:
+    assert option.parse is not None
+    return argument_type(option.parse, option.key)
 
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from p2psync.errors import ConnectionClosed, ProtocolError
-from p2psync.membership import client_handshake
+from p2psync.errors import ProtocolError
+from p2psync.membership import tracker_handshake
 from p2psync.net import family
 from p2psync.protocol import FEATURES, Listing, decode_listing, encode_keepalive
 from p2psync.transfer import Buffer
@@ -30,10 +30,7 @@ def read_directory(host: str, port: int, timeout: float = 10.0, group_key: bytes
         own_port = sock.getsockname()[1]
         channel = None
         if group_key is not None:
-            try:
-                channel = client_handshake(sock, group_key, b"tracker")
-            except (ProtocolError, ConnectionClosed):
-                raise OSError("the tracker is not a member of this swarm (no key, or another one)") from None
+            channel = tracker_handshake(sock, group_key)
         # Classic trackers ignore the features key; p2psync trackers answer in the extended shape.
         message = encode_keepalive(own_port, features=FEATURES)
         sock.sendall(message if channel is None else channel.seal(message.rstrip(b"\n")))

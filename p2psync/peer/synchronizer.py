@@ -24,12 +24,12 @@ from typing import Any
 
 from p2psync.config import DAY_S, PeerSettings
 from p2psync.deadlines import Watchdog
-from p2psync.errors import ConnectionClosed, ProtocolError
+from p2psync.errors import ProtocolError
 from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
 from p2psync.local import Folder, LocalFile
 from p2psync.local.watching import FolderWatcher, require_watching
-from p2psync.membership import client_handshake
+from p2psync.membership import tracker_handshake
 from p2psync.net import family
 from p2psync.paths import is_classic_name
 from p2psync.protocol import (
@@ -327,10 +327,7 @@ class FileSynchronizer(threading.Thread):
         self._channel = None
         key = self.settings.group_key
         if key is not None:  # members only: nothing is sent before both sides proved it
-            try:
-                self._channel = client_handshake(self.client, key, b"tracker")
-            except (ProtocolError, ConnectionClosed):
-                raise OSError("the tracker is not a member of this swarm (no key, or another one)") from None
+            self._channel = tracker_handshake(self.client, key)
         log.info("connected to tracker %s:%d", self.trackerhost, self.trackerport)
 
     def _client_connected(self) -> bool:
