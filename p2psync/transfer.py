@@ -43,6 +43,7 @@ __all__ = [
     "request",
     "small_reply",
     "transfer_deadline",
+    "sealed_reply",
     "upload",
 ]
 
@@ -79,10 +80,8 @@ def upload(
     """
     size = st.st_size
     reply = small_reply(fd, st, offset)
-    if reply is not None and seal is not None:
-        header, _, body = reply.partition(b"\n")
-        reply = seal(header) + body
     if reply is not None:  # header and body leave in the same segment
+        reply = sealed_reply(reply, seal)
         if limiter is not None:
             limiter.take(len(reply))
         _sendall(sock, reply)
@@ -100,6 +99,15 @@ def upload(
         if position < size:
             _check_unchanged(fd, st, True, position - offset)
     return size - offset
+
+
+def sealed_reply(reply: bytes, seal: Callable[[bytes], bytes] | None) -> bytes:
+    """A whole small reply as it goes out: with `seal` (members only) its header line
+    tagged, the body as it is."""
+    if seal is None:
+        return reply
+    header, _, body = reply.partition(b"\n")
+    return seal(header) + body
 
 
 def small_reply(fd: int, st: os.stat_result, offset: int = 0) -> bytes | None:

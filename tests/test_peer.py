@@ -434,9 +434,19 @@ def _recv_all(sock: socket.socket) -> bytes:
     return data
 
 
-def test_pipelined_requests_get_their_replies_in_order(serving) -> None:
+def test_pipelined_requests_get_their_replies_in_order(serving, monkeypatch) -> None:
     """Requests sent back to back: small replies are held and sent together, but
     in order, before a large reply and before a refusal, which ends the exchange."""
+    from p2psync.peer import server as server_module
+
+    uploads: list[int] = []
+    real_upload = server_module.upload
+
+    def counted(conn, fd, st, *args):  # only a large reply goes out on its own
+        uploads.append(st.st_size)
+        return real_upload(conn, fd, st, *args)
+
+    monkeypatch.setattr(server_module, "upload", counted)
     folder = Path(serving.folder.root)
     big = os.urandom(3 * 1024 * 1024)
     (folder / "big.bin").write_bytes(big)
@@ -449,6 +459,7 @@ def test_pipelined_requests_get_their_replies_in_order(serving) -> None:
     small = b"Content-Length: 4\nfine"
     expected = small * 3 + b"Content-Length: %d\n" % len(big) + big + small + b"Error: no such file\n"
     assert got == expected  # and nothing for the request after the refusal
+    assert uploads == [len(big)]  # the small replies were held, not sent one by one
 
 
 def test_a_client_that_hangs_up_mid_pipeline_does_not_stop_the_server(serving) -> None:

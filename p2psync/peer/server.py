@@ -183,10 +183,10 @@ class FileServer:
             fd, st = self.folder.open_for_serving(request.name)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
+            seal = held.channel.seal if held.channel is not None else None
             reply = transfer.small_reply(fd, st, request.offset) if request.keep_open else None
-            if reply is not None and held.channel is not None:
-                header, _, body = reply.partition(b"\n")
-                reply = held.channel.seal(header) + body  # the header tagged, the body as it is
+            if reply is not None:
+                reply = transfer.sealed_reply(reply, seal)
                 if self.limiter is not None:
                     self.limiter.take(len(reply))
                 held.add(reply)  # sent with the replies to the requests that follow it
@@ -194,7 +194,6 @@ class FileServer:
                 held.send()
                 conn.settimeout(transfer.BASE_TRANSFER_S)
                 with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
-                    seal = held.channel.seal if held.channel is not None else None
                     upload(conn, fd, st, request.offset, self.limiter, seal)
             log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
