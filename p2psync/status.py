@@ -136,19 +136,13 @@ def _against(
     rules: IgnoreRules,
 ) -> Checked:
     """With the tracker's directory: what the next round would do, path by path."""
-    extended = listing.extended
     remote = {p: e for p, e in listing.files.items() if rules.syncs(p)}  # as the engine: ignored paths stay out
     ours = {p: f.version() for p, f in local.items()}
     theirs = {p: e.version() for p, e in remote.items()}
-    deleted = listing.deleted if extended else {}
-
-    def base_of(path: str) -> Version | None:
-        return base(path) if extended or path in local else None
-
     behind: list[dict[str, str]] = []
     only_local: list[dict[str, str]] = []
     trash: list[str] = []
-    for path, action in decide(ours, theirs, deleted, base_of):
+    for path, action in decide(ours, theirs, listing.deleted, base, listing.extended):
         entry = remote.get(path)
         holder = f"{entry.ip}:{entry.port}" if entry is not None else ""
         if action in (Action.FETCH, Action.STAMP):

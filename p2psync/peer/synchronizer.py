@@ -526,17 +526,12 @@ class FileSynchronizer(threading.Thread):
         local = self._local
         ours_all = {path: f.version() for path, f in local.items()}
         theirs_all = {path: e.version() for path, e in remote.items()}
-        folder = self.folder
-
-        def base(path: str) -> Version | None:
-            return folder.base(path) if extended or path in local else None
-
         todo: list[tuple[str, DirectoryEntry]] = []
         expect: dict[str, Any] = {}
         trash: list[tuple[str, LocalFile, Deletion]] = []
         agreed: list[tuple[str, Version]] = []
         wrote = False
-        for path, action in decide(ours_all, theirs_all, deleted, base):
+        for path, action in decide(ours_all, theirs_all, deleted, self.folder.base, extended):
             mine = local.get(path)
             entry: DirectoryEntry | None = remote.get(path)
             ours, theirs = ours_all.get(path), theirs_all.get(path)

@@ -69,10 +69,15 @@ def decide(
     remote: Mapping[str, Version],
     deleted: Mapping[str, Sequence[Deletion]],
     base: Callable[[str], Version | None],
+    extended: bool = True,
 ) -> list[tuple[str, Action]]:
     """`plan` for every path either side has, in path order, with file/folder
     clashes settled first (see `clashes`). `base(path)`: the version this peer
-    last agreed on for `path` (None: never, or not to be trusted here)."""
+    last agreed on for `path` (None: never). Not `extended` (a classic
+    tracker's directory): it lists no deletions, so none are taken from it, and
+    a path absent here is fetched whatever this peer agreed on before."""
+    if not extended:
+        deleted = {}
     move_aside, skip = clashes(local.keys(), remote.keys())
     steps = []
     for path in sorted(local.keys() | remote.keys()):
@@ -81,7 +86,9 @@ def decide(
         elif path in move_aside and path in local:
             steps.append((path, Action.ASIDE))
         else:
-            steps.append((path, plan(local.get(path), base(path), remote.get(path), deleted.get(path, ()))))
+            mine = local.get(path)
+            agreed = base(path) if extended or mine is not None else None
+            steps.append((path, plan(mine, agreed, remote.get(path), deleted.get(path, ()))))
     return steps
 
 
