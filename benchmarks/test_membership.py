@@ -8,7 +8,6 @@ handshake per connection, bodies still zero copy)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -18,10 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import MiB, write_source
+from bench_support import MiB, p2psync_holder, receive_once, write_source
 
 ROUNDS = 5
-SUMMARY = re.compile(r"round: (\d+) fetched \(([\d.]+) (MiB|KiB|GiB) in ([\d.]+) s")
 P2PSYNC = [sys.executable, "-m", "p2psync.cli"]
 
 
@@ -32,25 +30,6 @@ def place() -> Iterator[Path]:
         folder = Path(tmp)
         subprocess.run([*P2PSYNC, "keygen", str(folder / "group.key")], check=True, capture_output=True)
         yield folder
-
-
-def _holder(source: Path, key: Path | None) -> Iterator[int]:
-    args = [*P2PSYNC, "sync", str(source), "--port", "0", "--tracker-port", "0", "--no-progress"]
-    if key is not None:
-        args += ["--secret", str(key)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    found = None
-    for line in proc.stdout:
-        found = re.search(r"--tracker 127\.0\.0\.1:(\d+)", line)
-        if found:
-            break
-    assert found, "the holder did not start"
-    try:
-        yield int(found.group(1))
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module", params=["256MiB", "10000x4KiB"])
@@ -66,23 +45,13 @@ def sources(request: pytest.FixtureRequest, place: Path) -> Iterator[tuple[str, 
                 (source / f"d{d:03}" / f"f{f:03}.bin").write_bytes(os.urandom(4096))
     copy = place / f"src-{request.param}-keyed"  # one p2psync per folder: the keyed holder serves a copy
     shutil.copytree(source, copy)
-    open_holder, keyed_holder = _holder(source, None), _holder(copy, place / "group.key")
-    ports = {"open": next(open_holder), "keyed": next(keyed_holder)}
-    yield request.param, ports
-    for holder in (open_holder, keyed_holder):
-        holder.close()
+    with p2psync_holder(source) as open_port, p2psync_holder(copy, "--secret", str(place / "group.key")) as keyed:
+        yield request.param, {"open": open_port, "keyed": keyed}
 
 
 def _receive(port: int, dest: Path, key: Path | None) -> float:
-    args = [*P2PSYNC, "sync", str(dest), "--once", "--port", "0", "--tracker", f"127.0.0.1:{port}", "--no-progress"]
-    if key is not None:
-        args += ["--secret", str(key)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = SUMMARY.search(result.stderr)
-    assert found, result.stderr
-    size = float(found.group(2)) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[found.group(3)]
-    return size / float(found.group(4))
+    mib, seconds = receive_once(port, dest, *(["--secret", str(key)] if key is not None else []))
+    return mib / seconds
 
 
 def test_keyed_against_open(benchmark, place: Path, sources, capsys) -> None:

@@ -11,23 +11,21 @@ dominates its start-up). Fresh destination folders on tmpfs where there is one.
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bench_support
 import pytest
-from bench_support import MiB, free_port, listening, wait_until, write_source
+from bench_support import MiB, p2psync_holder, receive_once, write_source
 
 SIZE = 256 * MiB
 RATE = 64 * MiB  # bytes per second: `--max-rate 64M`, `rsync --bwlimit=64m`
 ROUNDS = 3
-SUMMARY = re.compile(r"round: 1 fetched \(([\d.]+) MiB in ([\d.]+) s, ([\d.]+) MiB/s\)")
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +46,8 @@ def source(place: Path) -> Path:
 @pytest.fixture(scope="module")
 def holder(source: Path) -> Iterator[int]:
     """`p2psync sync SRC` with its embedded tracker; the tracker's port."""
-    args = [sys.executable, "-m", "p2psync.cli", "sync", str(source), "--port", "0", "--tracker-port", "0"]
-    proc = subprocess.Popen([*args, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    port = None
-    for line in proc.stdout:
-        found = re.search(r"--tracker 127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-    assert port is not None, "the holder did not print its tracker"
-    try:
+    with p2psync_holder(source) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -70,31 +55,13 @@ def rsync_daemon(source: Path, place: Path) -> Iterator[int | None]:
     if shutil.which("rsync") is None:
         yield None  # said in the report
         return
-    conf = place / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\nuid = root\ngid = root\n[src]\n    path = {source}\n    read only = yes\n")
-    port = free_port()
-    daemon = subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", "--address=127.0.0.1", f"--port={port}", f"--config={conf}"]
-    )
-    try:
-        wait_until(lambda: listening(port), 10, "the rsync daemon")
+    with bench_support.rsync_daemon(source, place) as port:
         yield port
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
 
 
 def _p2psync(tracker_port: int, dest: Path, rate: int | None) -> float:
     """MiB/s of the receiving round, from its summary line."""
-    args = [sys.executable, "-m", "p2psync.cli", "sync", str(dest), "--once", "--port", "0"]
-    args += ["--tracker", f"127.0.0.1:{tracker_port}", "--no-progress"]
-    if rate is not None:
-        args += ["--max-rate", str(rate)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = SUMMARY.search(result.stderr)
-    assert found, result.stderr
-    mib, seconds, _ = (float(x) for x in found.groups())
+    mib, seconds = receive_once(tracker_port, dest, *(["--max-rate", str(rate)] if rate is not None else []))
     assert abs(mib - SIZE / MiB) < 0.1
     assert (dest / "large.bin").stat().st_size == SIZE
     return mib / seconds

@@ -9,17 +9,15 @@ three. Skipped, with a message, without redis-server (apt-get install redis-serv
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from bench_support import free_port, listening, wait_until
+from bench_support import free_port, listening, raise_open_files, tracker_process, wait_until
 from test_tracker_load import CLIENTS, FILES_PER_PEER, PEERS, _keepalive_rate, _read_line
 
 ROUNDS = 3
@@ -44,13 +42,7 @@ def redis_url() -> Iterator[str]:
 
 
 def _tracker(state: str | None) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    args = [sys.executable, "-m", "p2psync.cli", "tracker", "--host", "127.0.0.1", "--port", str(port), "-q"]
-    if state:
-        args += ["--state", state]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: listening(port), 10, "a tracker")
-    return proc, port
+    return tracker_process(*(["--state", state] if state else []))
 
 
 def _report(port: int, first: int, count: int) -> list[socket.socket]:
@@ -93,8 +85,7 @@ def _propagation(reporter_port: int, watcher_port: int) -> list[float]:
 
 
 def test_three_trackers_on_redis_against_one_in_memory(benchmark, redis_url: str, capsys) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    raise_open_files(8192)
     procs = []
     socks: list[socket.socket] = []
     rates: dict[str, list[float]] = {"in-memory": [], "on Redis": []}

@@ -23,8 +23,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bench_support
 import pytest
-from bench_support import free_port, listening, wait_until
+from bench_support import wait_until
 
 from p2psync.tracker import Tracker
 
@@ -101,19 +102,8 @@ def p2psync_holder(tree: Path) -> Iterator[int]:
 def rsync_daemon(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     if shutil.which("rsync") is None:
         pytest.skip("rsync is not installed (apt-get install rsync): no baseline to compare with")
-    conf = tmp_path_factory.mktemp("rsyncd") / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\nuid = root\ngid = root\n[src]\n    path = {tree}\n    read only = yes\n")
-    port = free_port()
-    daemon = subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", "--address=127.0.0.1", f"--port={port}", f"--config={conf}"]
-    )
-
-    try:
-        wait_until(lambda: listening(port), 10, "the rsync daemon")
+    with bench_support.rsync_daemon(tree, tmp_path_factory.mktemp("rsyncd")) as port:
         yield port
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
 
 
 def _p2psync_round(tracker_port: int, dest: Path) -> float:

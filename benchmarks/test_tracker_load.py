@@ -11,16 +11,14 @@ installed: apt-get install redis-server).
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
-from bench_support import free_port, listening, wait_until
+from bench_support import free_port, listening, raise_open_files, tracker_process, wait_until
 
 PEERS = 1000
 FILES_PER_PEER = 10
@@ -107,17 +105,10 @@ def _redis_get_rate(size: int) -> float | None:
 
 
 def test_keepalive_round_trips(benchmark, capsys) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    port = free_port()
-    tracker = subprocess.Popen(
-        [sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    raise_open_files(4096)
+    tracker, port = tracker_process()
     peers: list[socket.socket] = []
     try:
-        wait_until(lambda: listening(port), 10, "tracker to start")
         for i in range(PEERS):
             sock = socket.create_connection(("127.0.0.1", port))
             files = [{"name": f"peer{i}-file{j}.dat", "mtime": 1772047595 + j, "size": 4096} for j in range(10)]
@@ -160,19 +151,12 @@ def test_idle_swarm_egress_full_against_delta(benchmark, capsys) -> None:
     (`"since"`), in interleaved rounds."""
     from p2psync.protocol import FEATURES, apply_delta, decode_listing
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    port = free_port()
-    tracker = subprocess.Popen(
-        [sys.executable, "-m", "p2psync.tracker", "127.0.0.1", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    raise_open_files(4096)
+    tracker, port = tracker_process()
     peers: list[socket.socket] = []
     sent: dict[str, list[int]] = {"whole": [], "delta": []}
     decode: dict[str, list[float]] = {"whole": [], "delta": []}
     try:
-        wait_until(lambda: listening(port), 10, "tracker to start")
         for i in range(PEERS):
             sock = socket.create_connection(("127.0.0.1", port))
             files = [
