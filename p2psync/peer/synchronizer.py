@@ -157,7 +157,6 @@ class FileSynchronizer(threading.Thread):
         self.events = events
         self._tally = Tally()  # this round's events: its summary line and its outcome
         events.subscribe(self._tally)
-        self.last_round: RoundOutcome | None = None
         rate = settings.max_rate
         self._file_server = FileServer(
             self.server,
@@ -589,8 +588,8 @@ class FileSynchronizer(threading.Thread):
         if self._held_back:
             behind += [Behind(path, "", "deletion held back by the brake") for path, _, _ in trash]
         outcome = RoundOutcome(time.time(), tuple(behind), self._held_back)
+        previous = self.last_round
         self.events.round_ended(outcome)
-        previous, self.last_round = self.last_round, outcome
         if not self.settings.classic and (previous is None or previous.behind != outcome.behind):
             self.folder.write_note(NOTE, outcome_note(outcome, f"{self.trackerhost}:{self.trackerport}"))
         summary = self._tally.summary(self._held_back)
@@ -631,6 +630,11 @@ class FileSynchronizer(threading.Thread):
                 self.events.emit(Kind.TRASHED, path, mine.size, "(deleted on another peer; kept in .p2psync/trash/)")
                 moved = True
         return moved
+
+    @property
+    def last_round(self) -> RoundOutcome | None:
+        """Where the last round that looked at the directory left the folder (None: no round yet)."""
+        return self.events.last_outcome
 
     @property
     def held_back(self) -> int:
