@@ -133,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the group key of a members-only tracker (default: the folder's config; e.g. --secret group.key)",
     )
+    status.add_argument(
+        "--tls",
+        action="store_true",
+        help="the members-only tracker speaks TLS (default: the folder's config; e.g. --tls)",
+    )
 
     keygen = commands.add_parser(
         "keygen",
@@ -231,14 +236,18 @@ def _run_tracker(args: argparse.Namespace) -> int:
 
         shared = RedisState(opts["state"], advertise=opts["advertise"])
         shared.check()  # unreachable now: one line, exit 2
-    key = _group_key(opts["secret"])
+    key, use_tls = _membership(opts)
+    _log_tls(use_tls)
     tracker = _bind(
-        "tracker", opts["port"], lambda p: Tracker(p, opts["host"], shared=shared, group_key=key), opts["port"]
+        "tracker",
+        opts["port"],
+        lambda p: Tracker(p, opts["host"], shared=shared, group_key=key, use_tls=use_tls),
+        opts["port"],
     )
     tracker.start()
     where = f" sharing {opts['state']}" if shared is not None else ""
     print(f"p2psync tracker on {opts['host']}:{tracker.port}{where}. Peers join with:", flush=True)
-    print(_join_line(tracker.port) + (" --secret KEYFILE" if key is not None else ""), flush=True)
+    print(_join_line(tracker.port) + _member_flags(key, use_tls), flush=True)
     _wait_for_interrupt(tracker)
     tracker.exit()
     print("tracker stopped", flush=True)
@@ -275,6 +284,32 @@ def _resolvable(host: str, port: int) -> None:
         raise ConfigError(f"tracker address {host!r} does not resolve: {exc.strerror or exc}") from None
 
 
+def _membership(opts: Resolved) -> tuple[bytes | None, bool]:
+    """The group key (None: an open swarm) and whether connections use TLS; a --tls
+    that cannot work is one line now, not a failure at the first connection."""
+    key = _group_key(opts["secret"])
+    use_tls = bool(opts["tls"])
+    if use_tls:
+        from . import tls
+
+        if key is None:
+            raise ConfigError("--tls encrypts a members-only swarm: give it --secret FILE too (p2psync keygen FILE)")
+        tls.contexts(key)  # no cryptography package: one line naming the extra
+    return key, use_tls
+
+
+def _log_tls(use_tls: bool) -> None:
+    if use_tls:
+        from . import tls
+
+        log.info("TLS 1.3 with the swarm's certificate; file bodies go through %s", tls.body_path())
+
+
+def _member_flags(key: bytes | None, use_tls: bool) -> str:
+    """What the join line adds for a members-only swarm."""
+    return (" --secret KEYFILE" if key is not None else "") + (" --tls" if use_tls else "")
+
+
 def _group_key(path: str | None) -> bytes | None:
     """The group key from `--secret FILE` (None: an open swarm). Never logged or shown."""
     if path is None:
@@ -298,6 +333,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     for address in opts["tracker"] or ():
         _resolvable(*address)
     _prepare_folder(folder)
+    key, use_tls = _membership(opts)
     settings = PeerSettings(
         interval=opts["interval"],
         first_delay=0.0,  # the first round starts as soon as the peer is connected
@@ -306,7 +342,8 @@ def _run_sync(args: argparse.Namespace) -> int:
         classic=False,
         max_delete=opts["max-delete"],
         max_rate=opts["max-rate"],
-        group_key=_group_key(opts["secret"]),
+        group_key=key,
+        tls=use_tls,
     )
     live = opts["progress"] and not args.quiet and sys.stdout.isatty()
     events = Events()
@@ -322,13 +359,19 @@ def _run_sync(args: argparse.Namespace) -> int:
     else:
         _configure_logging(args.verbose, args.quiet)
         LogEvents().attach(events)
+    _log_tls(use_tls)
     rules = IgnoreRules.for_folder(folder)  # a bad pattern: one line, before anything starts
 
     tracker = None
     if opts["tracker"] is None:
         from .tracker import Tracker  # joining a tracker elsewhere needs none: a quicker start
 
-        tracker = _bind("tracker", None, lambda p: Tracker(p, group_key=settings.group_key), opts["tracker-port"])
+        tracker = _bind(
+            "tracker",
+            None,
+            lambda p: Tracker(p, group_key=settings.group_key, use_tls=settings.tls),
+            opts["tracker-port"],
+        )
         tracker.start()
         host, port = "127.0.0.1", tracker.port
         alternates: tuple[tuple[str, int], ...] = ()
@@ -353,7 +396,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
     if tracker is not None:
         print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
-        keyed = " --secret KEYFILE" if settings.group_key is not None else ""
+        keyed = _member_flags(settings.group_key, settings.tls)
         print(_join_line(tracker.port) + keyed, flush=True)
         print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}{keyed}", flush=True)
     else:
@@ -410,7 +453,7 @@ def _run_status(args: argparse.Namespace) -> int:
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder} is not a folder")
     # The folder's own brake and key, from its config (a --secret given here wins).
-    opts = _sync_options(argparse.Namespace(config=None, secret=args.secret), folder)
+    opts = _sync_options(argparse.Namespace(config=None, secret=args.secret, tls=args.tls or None), folder)
     rules = IgnoreRules.for_folder(folder)
     listing = None
     where = None
@@ -419,7 +462,8 @@ def _run_status(args: argparse.Namespace) -> int:
         _resolvable(host, port)
         where = f"{host}:{port}"
         try:
-            listing = read_directory(host, port, group_key=_group_key(opts["secret"]))
+            key, use_tls = _membership(opts)
+            listing = read_directory(host, port, group_key=key, use_tls=use_tls)
         except OSError as exc:
             raise ConfigError(f"cannot reach the tracker {where}: {exc.strerror or exc}") from None
     doc = folder_status(folder, rules, listing, where, opts["max-delete"])

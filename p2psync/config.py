@@ -74,3 +74,4 @@ class PeerSettings:
     trash_days: float = 30.0  # trash and own deletions older than this are let go
     max_rate: float | None = None  # bytes per second, each way (uploads; downloads); None: no limit
     group_key: bytes | None = field(default=None, repr=False)  # members only (never shown: repr=False)
+    tls: bool = False  # members only, encrypted: TLS with the swarm's certificate (needs group_key)

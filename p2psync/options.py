@@ -150,6 +150,15 @@ SECRET = Option(  # the same for sync and tracker
     "open to anyone who can connect (the classic protocol)",
 )
 
+TLS = Option(  # the same for sync and tracker
+    "tls",
+    None,
+    False,
+    "members only, encrypted: TLS 1.3 with the certificate every member derives from the group key "
+    "(needs --secret, and: pip install 'p2psync[tls]'); members with --tls talk only to members with it",
+    "--tls",
+)
+
 SYNC_OPTIONS: tuple[Option, ...] = (
     Option(
         "tracker",
@@ -216,6 +225,7 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         "no limit",
     ),
     SECRET,
+    TLS,
     Option(
         "progress",
         None,
@@ -238,6 +248,7 @@ TRACKER_OPTIONS: tuple[Option, ...] = (
         "this process's memory",
     ),
     SECRET,
+    TLS,
     Option(
         "advertise",
         parse_host,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._core import (
     BACKEND,
@@ -26,6 +27,7 @@ from ._core import (
 from .errors import TransferError
 from .protocol import decode_reply, encode_header, encode_request
 from .ratelimit import RateLimiter
+from .tls import kernel_sends
 
 if TYPE_CHECKING:
     from .protocol.auth import Channel
@@ -37,6 +39,7 @@ __all__ = [
     "Buffer",
     "LineSplitter",
     "link_new_files",
+    "receive_body",
     "recv_body",
     "recv_to_file",
     "send_from_file",
@@ -48,9 +51,14 @@ __all__ = [
 ]
 
 
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
 SMALL_FILE_BYTES = 64 * 1024  # up to this, a reply is read and sent in one piece
+TLS_IO_BYTES = 1024 * 1024  # user-space TLS: file bytes move in writes (and reads) this large
 MIN_RATE_BYTES_S = 64 * 1024  # a transfer slower than this on average is cut off ...
 BASE_TRANSFER_S = 60.0  # ... after this much grace
 
@@ -88,17 +96,76 @@ def upload(
         return size - offset
     header = encode_header(size - offset)
     _sendall(sock, header if seal is None else seal(header.rstrip(b"\n")))
+    # TLS in user space: bodies through OpenSSL. A plain socket, or TLS the kernel
+    # encrypts (kTLS), keeps the core's zero-copy sendfile.
+    send = _send_from_file_tls if isinstance(sock, ssl.SSLSocket) and not kernel_sends(sock) else send_from_file
     position = offset
     step = CHANGE_CHECK_BYTES if limiter is None else limiter.slice_bytes
     while position < size:
         end = size if position == size - 1 else min(position + step, size - 1)
         if limiter is not None:
             limiter.take(end - position)
-        send_from_file(sock, fd, position, end - position)
+        send(sock, fd, position, end - position)
         position = end
         if position < size:
             _check_unchanged(fd, st, True, position - offset)
     return size - offset
+
+
+def _send_from_file_tls(sock: socket.socket, fd: int, offset: int, nbytes: int) -> int:
+    """`send_from_file` through OpenSSL: `TLS_IO_BYTES` read at a time into one buffer,
+    each sent in one call (OpenSSL cuts it into 16 KiB records)."""
+    buf = bytearray(min(TLS_IO_BYTES, nbytes))
+    view = memoryview(buf)
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[: min(len(buf), nbytes - done)]], offset + done)
+        if not got:
+            raise TransferError(f"file ended after {done} of {nbytes} bytes")
+        _sendall(sock, view[:got])
+        done += got
+    return nbytes
+
+
+def receive_body(
+    sock: socket.socket, fd: int, nbytes: int, pending: Buffer | None = None, hasher: Hasher | None = None
+) -> int:
+    """`recv_to_file` for a body on any connection: the core's loop on a plain
+    socket; on a TLS one, through OpenSSL into a `TLS_IO_BYTES` buffer, written
+    (and hashed) a buffer at a time, not a 16 KiB record at a time."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return int(recv_to_file(sock, fd, nbytes, pending, hasher))
+    done = 0
+    if pending is not None and nbytes:
+        head = pending.take(nbytes)
+        _write_and_hash(fd, memoryview(head), hasher)
+        done = len(head)
+    buf = bytearray(min(TLS_IO_BYTES, max(nbytes - done, 1)))
+    view = memoryview(buf)
+    while done < nbytes:
+        filled = 0
+        want = min(len(buf), nbytes - done)
+        while filled < want:
+            try:
+                got = sock.recv_into(view[filled:want])
+            except TimeoutError:
+                raise TransferError(f"timed out after {done + filled} of {nbytes} bytes") from None
+            except OSError as exc:  # ssl.SSLError included: a record that fails its check
+                raise TransferError(f"receive failed after {done + filled} of {nbytes} bytes: {exc}") from None
+            if not got:
+                raise TransferError(f"connection closed after {done + filled} of {nbytes} bytes")
+            filled += got
+        _write_and_hash(fd, view[:filled], hasher)
+        done += filled
+    return nbytes
+
+
+def _write_and_hash(fd: int, data: memoryview, hasher: Hasher | None) -> None:
+    view = data
+    while view:
+        view = view[os.write(fd, view) :]
+    if hasher is not None:
+        hasher.update(data)
 
 
 def sealed_reply(reply: bytes, seal: Callable[[bytes], bytes] | None) -> bytes:
@@ -131,7 +198,7 @@ def _check_unchanged(fd: int, st: os.stat_result, complete: bool, sent: int) -> 
         raise TransferError(f"file changed while being sent; stopped after {sent} bytes")
 
 
-def _sendall(sock: socket.socket, data: bytes) -> None:
+def _sendall(sock: socket.socket, data: bytes | memoryview) -> None:
     try:
         sock.sendall(data)
     except OSError as exc:

@@ -26,11 +26,11 @@ from p2psync.errors import ConnectionClosed, P2PSyncError, Refused, TransferErro
 from p2psync.events import Events, Kind
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.hashing import BackgroundHasher, new_hasher
-from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake
+from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake, wrap_client
 from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
 from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
-from p2psync.transfer import HEADER_MAX_BYTES, Buffer, recv_body, recv_to_file, request, transfer_deadline
+from p2psync.transfer import HEADER_MAX_BYTES, Buffer, receive_body, recv_body, request, transfer_deadline
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
 
@@ -62,9 +62,11 @@ class Fetcher:
         events: Events | None = None,
         limiter: RateLimiter | None = None,
         group_key: bytes | None = None,
+        use_tls: bool = False,
     ) -> None:
         self.folder = folder
         self._group_key = group_key  # members only: prove it to every holder, and take only hashed versions
+        self._tls = use_tls  # members only, encrypted: TLS with the swarm's certificate first
         self.events = events or Events()
         self.limiter = limiter
         self.watchdog = watchdog
@@ -111,8 +113,9 @@ class Fetcher:
         """One request to one holder, into a partial file, verified, then installed.
         Raises on any failure (the partial is removed, or kept for a resume when
         it is a large hashed version)."""
+        sock = self._open((ip, port))
         with (
-            socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT_S) as sock,
+            sock,
             self._tracked(sock),
             self.folder.partial(
                 name, entry.sha256, entry.size is None or entry.size >= RESUME_MIN_BYTES, expect
@@ -128,6 +131,17 @@ class Fetcher:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
             return self._install(part, entry, hasher)
+
+    def _open(self, holder: tuple[str, int]) -> socket.socket:
+        """A connection to `holder` (a TLS one with `--tls`, its handshake still to do
+        in `_shake`). Raises `OSError` when it cannot be reached."""
+        sock = socket.create_connection(holder, timeout=CONNECT_TIMEOUT_S)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests go out at once
+            return wrap_client(sock, self._group_key, self._tls)
+        except BaseException:
+            sock.close()
+            raise
 
     def _shake(self, sock: socket.socket) -> Channel | None:
         """Members only: prove membership to the holder (and check its proof) first."""
@@ -170,7 +184,7 @@ class Fetcher:
             self.events.transfer(name, part.offset + length, part.fd),
         ):
             if self.limiter is None:
-                recv_to_file(sock, part.fd, length, reader, hasher)  # the whole body in the core's loop
+                receive_body(sock, part.fd, length, reader, hasher)  # the whole body in the core's loop
             else:
                 self._receive_limited(sock, part.fd, length, reader, hasher, self.limiter)
 
@@ -182,7 +196,7 @@ class Fetcher:
         while done < length:
             piece = min(limiter.slice_bytes, length - done)
             limiter.take(piece)
-            recv_to_file(sock, fd, piece, reader, hasher)
+            receive_body(sock, fd, piece, reader, hasher)
             done += piece
 
     def fetch_all(
@@ -261,7 +275,7 @@ class Fetcher:
         batches: collections.deque[list[tuple[str, DirectoryEntry]]] = collections.deque()
         installed = 0
         try:
-            sock = socket.create_connection(holder, timeout=CONNECT_TIMEOUT_S)
+            sock = self._open(holder)
         except OSError as exc:
             log.warning("cannot reach %s:%d (%s); trying other holders", *holder, exc)
             give_back.extend(todo)  # the other workers of this holder will fail alike
@@ -269,7 +283,6 @@ class Fetcher:
             return 0
         try:
             with sock, self._tracked(sock):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests go out at once
                 channel = self._shake(sock)
                 sock.settimeout(RECV_TIMEOUT_S)
                 reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)  # one reader: replies arrive back to back

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from p2psync.errors import ProtocolError
-from p2psync.membership import tracker_handshake
+from p2psync.membership import tracker_handshake, wrap_client
 from p2psync.net import family
 from p2psync.protocol import FEATURES, Listing, decode_listing, encode_keepalive
 from p2psync.transfer import Buffer
@@ -15,7 +15,9 @@ __all__ = ["MAX_DIRECTORY_BYTES", "read_directory"]
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
 
 
-def read_directory(host: str, port: int, timeout: float = 10.0, group_key: bytes | None = None) -> Listing:
+def read_directory(
+    host: str, port: int, timeout: float = 10.0, group_key: bytes | None = None, use_tls: bool = False
+) -> Listing:
     """The tracker's directory, as a p2psync peer is shown it.
 
     One KeepAlive that declares p2psync's features, from a port that no peer of
@@ -24,10 +26,15 @@ def read_directory(host: str, port: int, timeout: float = 10.0, group_key: bytes
     Raises `OSError` when the tracker cannot be reached, `ProtocolError` for a
     reply that is not a directory.
     """
-    with socket.socket(family(host), socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-        own_port = sock.getsockname()[1]
+    plain = socket.socket(family(host), socket.SOCK_STREAM)
+    plain.settimeout(timeout)
+    try:
+        plain.connect((host, port))
+    except OSError:
+        plain.close()
+        raise
+    own_port = plain.getsockname()[1]
+    with wrap_client(plain, group_key, use_tls) as sock:
         channel = None
         if group_key is not None:
             channel = tracker_handshake(sock, group_key)

@@ -22,7 +22,7 @@ from p2psync import transfer
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from p2psync.local import Folder
-from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake
+from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake, wrap_server
 from p2psync.protocol import decode_request, encode_refusal
 from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
@@ -68,9 +68,11 @@ class FileServer:
         buffer_size: int = 8192,
         limiter: RateLimiter | None = None,
         group_key: bytes | None = None,
+        use_tls: bool = False,
     ) -> None:
         self.listener = listener
         self._group_key = group_key  # members only: every connection proves it holds this key first
+        self._tls = use_tls  # members only, encrypted: TLS with the swarm's certificate first
         self.limiter = limiter  # uploads' bandwidth limit, if any
         self.folder = folder
         self.watchdog = watchdog
@@ -136,6 +138,7 @@ class FileServer:
         who = _who(addr)
         with contextlib.suppress(OSError):  # replies go out whole; no waiting on Nagle
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = wrap_server(conn, self._group_key, self._tls)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
         held = _HeldReplies(conn, self.watchdog)
         with self._lock:

@@ -29,7 +29,7 @@ from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
 from p2psync.local import Folder, LocalFile
 from p2psync.local.watching import FolderWatcher, require_watching
-from p2psync.membership import tracker_handshake
+from p2psync.membership import tracker_handshake, wrap_client
 from p2psync.net import family
 from p2psync.paths import is_classic_name
 from p2psync.protocol import (
@@ -165,6 +165,7 @@ class FileSynchronizer(threading.Thread):
             self.BUFFER_SIZE,
             RateLimiter(rate) if rate else None,
             settings.group_key,
+            settings.tls,
         )
         self._fetcher = Fetcher(
             self.folder,
@@ -174,6 +175,7 @@ class FileSynchronizer(threading.Thread):
             events,
             RateLimiter(rate) if rate else None,
             settings.group_key,
+            settings.tls,
         )
         self._warned: set[str] = set()
         self._held_back = 0  # deletions the brake held back in the last round
@@ -326,6 +328,7 @@ class FileSynchronizer(threading.Thread):
         self._channel = None
         key = self.settings.group_key
         if key is not None:  # members only: nothing is sent before both sides proved it
+            self.client = wrap_client(self.client, key, self.settings.tls)
             self._channel = tracker_handshake(self.client, key)
         log.info("connected to tracker %s:%d", self.trackerhost, self.trackerport)
 

@@ -14,10 +14,12 @@ import contextlib
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 
+from p2psync import tls
 from p2psync.errors import P2PSyncError, ProtocolError, UnsafeName
 from p2psync.net import is_loopback
 from p2psync.paths import safe_path
@@ -70,6 +72,7 @@ class _Connection:
     handshake: ServerHandshake | None = None  # members only: until the peer has proved it holds the key
     proved_hello: bool = False  # its first handshake line was answered
     channel: Channel | None = None  # members only: its lines' tags, from the handshake on
+    tls_state: str | None = None  # --tls: "first byte" (not yet seen), "handshake", then None
 
     @property
     def name(self) -> str:
@@ -102,6 +105,7 @@ class Tracker(threading.Thread):
         max_buffered: int = MAX_BUFFERED_BYTES,
         shared: RedisState | None = None,
         group_key: bytes | None = None,
+        use_tls: bool = False,
     ) -> None:
         super().__init__(name=f"p2psync-tracker-{port}", daemon=True)
         self.host = host
@@ -127,6 +131,8 @@ class Tracker(threading.Thread):
         # Several trackers, one swarm (shared.py): this one's peers go out, the others' come in.
         self.shared = shared
         self._group_key = group_key  # members only: every connection proves it holds this key first
+        # members only, encrypted: TLS with the swarm's certificate before the handshake
+        self._tls = tls.contexts(group_key) if use_tls and group_key is not None else None
         self._publishing = shared is not None  # off while stopping: the records stay for failover
 
     # ------------------------------------------------------------ public
@@ -212,16 +218,22 @@ class Tracker(threading.Thread):
             conn = _Connection(sock, address[:2], LineSplitter(self.max_message), time.monotonic(), alias)
             if self._group_key is not None:
                 conn.handshake = ServerHandshake(self._group_key, b"tracker")
+            if self._tls is not None:
+                conn.tls_state = "first byte"
             self._connections[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
             log.debug("peer %s connected", conn.name)
 
     def _service(self, conn: _Connection, mask: int) -> None:
         try:
+            if conn.tls_state is not None and not self._tls_step(conn):
+                return
             if mask & selectors.EVENT_WRITE:
                 self._flush(conn)
             if mask & selectors.EVENT_READ and not conn.out:
-                data = conn.sock.recv(_RECV_BYTES)
+                data = self._recv(conn)
+                if data is None:
+                    return
                 if not data:
                     self._close(conn, "closed the connection")
                     return
@@ -237,6 +249,66 @@ class Tracker(threading.Thread):
             self._close(conn, str(exc), level=logging.WARNING)
         except OSError as exc:
             self._close(conn, f"connection error: {exc.strerror or exc}")
+
+    @staticmethod
+    def _recv(conn: _Connection) -> bytes | None:
+        """What arrived (b"": the peer closed); None when TLS has no whole record yet.
+        A TLS record is taken whole: what it holds past one read is read too, since
+        the selector cannot see bytes OpenSSL holds."""
+        sock = conn.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(_RECV_BYTES)
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        while data and sock.pending():
+            data += sock.recv(sock.pending())
+        return data
+
+    def _tls_step(self, conn: _Connection) -> bool:
+        """--tls: move a new connection's TLS handshake on; whether it is done. A
+        first byte that cannot start TLS gets the one refusal line in clear."""
+        assert self._tls is not None
+        if conn.tls_state == "first byte":
+            try:
+                first = conn.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if not first:
+                self._close(conn, "closed the connection")
+                return False
+            if not tls.is_tls_start(first):
+                self._refuse(conn)
+                return False
+            self._rewrap(conn, self._tls.server_socket(conn.sock))
+            conn.tls_state = "handshake"
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+            self._tls.check_peer(sock)
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, conn)
+            return False
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
+            return False
+        except (OSError, ProtocolError):  # ssl.SSLError included: not the swarm's certificate
+            self._close(conn, "not a member of this swarm (TLS)", level=logging.INFO)
+            return False
+        conn.tls_state = None
+        self._selector.modify(sock, selectors.EVENT_READ, conn)
+        return True
+
+    def _rewrap(self, conn: _Connection, wrapped: socket.socket) -> None:
+        """`conn` speaks through `wrapped` from now on (wrapping spends the old socket
+        object, so the selector and the table learn the new one)."""
+        self._selector.unregister(conn.sock)
+        del self._connections[conn.sock]
+        conn.sock = wrapped
+        self._connections[wrapped] = conn
+        self._selector.register(wrapped, selectors.EVENT_READ, conn)
 
     def _answer_lines(self, conn: _Connection) -> None:
         # One reply at a time: a peer that does not read its replies stops
@@ -324,8 +396,8 @@ class Tracker(threading.Thread):
 
     def _flush(self, conn: _Connection) -> None:
         try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
+            sent = conn.sock.send(conn.out)  # TLS: all or nothing; retried with the same bytes
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         conn.out = conn.out[sent:] if sent < len(conn.out) else _NOTHING
 
