@@ -66,7 +66,9 @@ def tracker_handshake(sock: socket.socket, key: bytes) -> Channel:
     try:
         return client_handshake(sock, key, b"tracker")
     except (ProtocolError, ConnectionClosed):
-        raise OSError("the tracker is not a member of this swarm (no key, another one, or --tls on one side only)") from None
+        raise OSError(
+            "the tracker is not a member of this swarm (no key, another one, or --tls on one side only)"
+        ) from None
 
 
 def server_handshake(sock: socket.socket, reader: Buffer, key: bytes, channel: bytes) -> Channel:
@@ -90,7 +92,8 @@ def _server_tls(sock: ssl.SSLSocket, key: bytes) -> None:
     # open, or keyed without --tls) is told in clear, in the one refusal line.
     first = socket.socket.recv(sock, 1, socket.MSG_PEEK)
     if not tls.is_tls_start(first):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # what it sent is read first: closing on unread bytes resets the line
+            socket.socket.recv(sock, MAX_HANDSHAKE_LINE, socket.MSG_DONTWAIT)
             socket.socket.sendall(sock, REFUSAL)
         raise ProtocolError("not a TLS client")
     try:

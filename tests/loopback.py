@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -58,3 +59,56 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of `target`: a man in the middle for tests.
+    It records what goes each way (`up`: client to server, `down`: back) and can
+    change it on the way: `rewrite(direction, offset, data)` returns the bytes
+    to forward for `data`, which starts `offset` bytes into that direction."""
+
+    def __init__(self, target: tuple[str, int], rewrite: Callable[[str, int, bytes], bytes] | None = None) -> None:
+        self.target = target
+        self.rewrite = rewrite
+        self.up = bytearray()
+        self.down = bytearray()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, "up"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, "down"), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+        record = self.up if direction == "up" else self.down
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    offset = len(record)
+                    record += data
+                sink.sendall(self.rewrite(direction, offset, data) if self.rewrite else data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()

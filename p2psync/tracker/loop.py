@@ -279,6 +279,8 @@ class Tracker(threading.Thread):
                 self._close(conn, "closed the connection")
                 return False
             if not tls.is_tls_start(first):
+                with contextlib.suppress(OSError):  # read what it sent: closing on unread bytes resets the line
+                    conn.sock.recv(MAX_HANDSHAKE_LINE)
                 self._refuse(conn)
                 return False
             self._rewrap(conn, self._tls.server_socket(conn.sock))
