@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from p2psync import tls
 from p2psync.errors import ProtocolError, TransferError
 from p2psync.membership import client_handshake, wrap_client
+from p2psync.protocol import FEATURES, FileInfo, decode_listing, encode_init
 from p2psync.protocol.auth import REFUSAL, ClientHandshake, new_key
-from p2psync.transfer import receive_body, request
+from p2psync.transfer import Buffer, receive_body, request
 
 from .loopback import LOOPBACK, Relay, in_thread, wait_until
 from .test_membership import refused, tree
@@ -268,3 +269,19 @@ def test_tls_without_a_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert "--secret" in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_large_report_and_directory_cross_the_tls_tracker_whole(tls_tracker) -> None:
+    """Megabytes each way through the tracker's non-blocking TLS: records taken whole
+    on the way in, writes retried until the whole directory is out."""
+    tracker = tls_tracker()
+    files = [FileInfo(f"folder-{i // 1000}/file-{i:06}.txt", 1_700_000_000 + i, 10, "ab" * 32) for i in range(40_000)]
+    sock = wrap_client(socket.create_connection((LOOPBACK, tracker.port), timeout=20), KEY, True)
+    with sock:
+        channel = client_handshake(sock, KEY, b"tracker")
+        line = encode_init(9001, files, features=FEATURES)
+        assert len(line) > 4 << 20
+        sock.sendall(channel.seal(line.rstrip(b"\n")))
+        reader = Buffer(sock, 64 * 1024, 64 << 20)
+        listing = decode_listing(channel.open(reader.read_line()))
+    assert len(listing.files) == len(files) == len(tracker.directory.entries())
