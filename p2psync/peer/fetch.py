@@ -15,6 +15,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import queue
 import socket
 import threading
 import time
@@ -273,7 +274,6 @@ class Fetcher:
         once per batch instead of once per file.
         """
         batches: collections.deque[list[tuple[str, DirectoryEntry]]] = collections.deque()
-        installed = 0
         try:
             sock = self._open(holder)
         except OSError as exc:
@@ -281,6 +281,7 @@ class Fetcher:
             give_back.extend(todo)  # the other workers of this holder will fail alike
             todo.clear()
             return 0
+        installer = _BatchInstaller(self.folder, self.events, f"from {holder[0]}:{holder[1]}", give_back)
         try:
             with sock, self._tracked(sock):
                 channel = self._shake(sock)
@@ -295,15 +296,16 @@ class Fetcher:
                             lines = [channel.seal(line.rstrip(b"\n")) for line in lines]
                         sock.sendall(b"".join(lines))
                     if not batches:
-                        return installed
+                        break
                     batch = batches[0]
                     size = sum(entry.size or 0 for _, entry in batch)
                     self._check_space(size)
                     with self.watchdog.limit(sock, transfer_deadline(size), f"receiving {len(batch)} files"):
-                        got, failure = self._receive_batch(sock, reader, batch, holder, expects, channel)
-                        installed += got
-                        if failure is not None:
-                            raise failure
+                        verified, failure = self._receive_batch(sock, reader, batch, expects, channel)
+                    installer.put(verified)  # installed while the next batch arrives
+                    if failure is not None:
+                        raise failure
+                    installer.check()
                     batches.popleft()
         except (P2PSyncError, OSError) as exc:
             if batches:
@@ -311,6 +313,7 @@ class Fetcher:
                     "pipeline to %s:%d stopped at %s (%s); fetching the rest one by one", *holder, batches[0][0][0], exc
                 )
         finally:
+            installed = installer.close()  # the batches received are installed before the rest is given back
             for batch in batches:
                 give_back.extend(batch)
             give_back.extend(todo)  # what was not asked for yet: no other pipeline serves this holder
@@ -333,30 +336,25 @@ class Fetcher:
         sock: socket.socket,
         reader: Buffer,
         batch: list[tuple[str, DirectoryEntry]],
-        holder: tuple[str, int],
         expects: Mapping[str, Any],
         channel: Channel | None = None,
-    ) -> tuple[int, P2PSyncError | OSError | None]:
-        """Receive the replies to `batch`, verify them and install them together:
-        how many were installed, and what stopped the batch early, if anything
-        (what arrived verified before it is installed and removed from `batch`)."""
-        verified: list[Install] = []
+    ) -> tuple[list[tuple[tuple[str, DirectoryEntry], Install]], P2PSyncError | OSError | None]:
+        """Receive the replies to `batch` and verify them: what arrived verified (taken
+        off `batch`, with what to install it as), and what stopped the batch early,
+        if anything."""
+        verified: list[tuple[tuple[str, DirectoryEntry], Install]] = []
         failure: P2PSyncError | OSError | None = None
         try:
             for name, entry in batch:
                 data = self._receive_verified(sock, reader, name, entry, channel)
+                expect = expects.get(name, ANY)
                 verified.append(
-                    Install(name, data, entry.mtime, entry.sha256, entry.mode, expects.get(name, ANY), entry.vector)
+                    ((name, entry), Install(name, data, entry.mtime, entry.sha256, entry.mode, expect, entry.vector))
                 )
         except (P2PSyncError, OSError) as exc:
             failure = exc
-        done = self.folder.install_many(verified)
-        where = f"from {holder[0]}:{holder[1]}"
-        for item, ok in zip(verified, done, strict=True):
-            if ok:
-                self.events.emit(Kind.FETCHED, item.name, len(item.data), where)
         del batch[: len(verified)]
-        return sum(done), failure
+        return verified, failure
 
     def _receive_verified(
         self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry, channel: Channel | None = None
@@ -424,3 +422,53 @@ class Fetcher:
                     sock.shutdown(socket.SHUT_RDWR)
             deadline = time.monotonic() + timeout
             return self._idle.wait_for(lambda: not self._in_flight, max(0.0, deadline - time.monotonic()))
+
+
+class _BatchInstaller:
+    """Installs a pipeline's verified batches on a thread of its own, so the next
+    batch is received and hashed while the core writes this one (without the
+    GIL). Installs happen in the order received. An install that fails as a
+    whole (a path not allowed here, a full disk) gives its batch back to be
+    fetched one by one, where each file meets its error and says it, and stops
+    the pipeline (`check` raises)."""
+
+    def __init__(
+        self, folder: Folder, events: Events, where: str, give_back: collections.deque[tuple[str, DirectoryEntry]]
+    ) -> None:
+        self._folder, self._events, self._where, self._give_back = folder, events, where, give_back
+        self._queue: queue.Queue[list[tuple[tuple[str, DirectoryEntry], Install]] | None] = queue.Queue(2)
+        self._installed = 0
+        self._failure: P2PSyncError | OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="p2psync-install", daemon=True)
+        self._thread.start()
+
+    def put(self, verified: list[tuple[tuple[str, DirectoryEntry], Install]]) -> None:
+        if verified:
+            self._queue.put(verified)  # waits while two batches are queued: memory stays bounded
+
+    def check(self) -> None:
+        """Raise what made an install fail, if one did."""
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> int:
+        """Wait for the queued installs; how many files were installed."""
+        self._queue.put(None)
+        self._thread.join()
+        return self._installed
+
+    def _run(self) -> None:
+        while (verified := self._queue.get()) is not None:
+            if self._failure is not None:
+                self._give_back.extend(wanted for wanted, _ in verified)
+                continue
+            try:
+                done = self._folder.install_many([install for _, install in verified])
+            except (P2PSyncError, OSError) as exc:
+                self._failure = exc
+                self._give_back.extend(wanted for wanted, _ in verified)
+                continue
+            for (_, install), ok in zip(verified, done, strict=True):
+                if ok:
+                    self._events.emit(Kind.FETCHED, install.name, len(install.data), self._where)
+            self._installed += sum(done)
