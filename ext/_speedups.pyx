@@ -13,18 +13,22 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.errno cimport EAGAIN, EINTR, EINVAL, ENOSYS, errno
 from libc.math cimport ceil
+from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcpy, memmove, strerror
 from posix.types cimport off_t
 from posix.unistd cimport pread, write
 
+from p2psync import chunking as _chunking
 from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
 
 __all__ = [
     "MAX_LINE_BYTES",
     "RECV_BUFFER_BYTES",
     "Buffer",
+    "Chunker",
     "LineSplitter",
+    "chunk_lengths",
     "link_new_files",
     "recv_to_file",
     "send_from_file",
@@ -549,3 +553,135 @@ def link_new_files(int dir_fd, files):
         free(mtimes)
         free(modes)
         free(results)
+
+
+
+# ---------------------------------------------------------------- chunking
+# FastCDC as p2psync.chunking specifies it (and p2psync/_twin.py spells out):
+# the same constants, loaded from that module once, and the same loop in C.
+
+cdef uint64_t _GEAR[256]
+cdef uint64_t _GEAR_LS[256]
+cdef uint64_t _MASK_S = _chunking.MASK_S
+cdef uint64_t _MASK_L = _chunking.MASK_L
+cdef uint64_t _MASK_S_LS = _MASK_S << 1
+cdef uint64_t _MASK_L_LS = _MASK_L << 1
+cdef Py_ssize_t _MIN_CHUNK = _chunking.MIN_CHUNK
+cdef Py_ssize_t _AVG_CHUNK = _chunking.AVG_CHUNK
+cdef Py_ssize_t _MAX_CHUNK = _chunking.MAX_CHUNK
+
+for _i in range(256):
+    _GEAR[_i] = _chunking.GEAR[_i]
+    _GEAR_LS[_i] = _GEAR[_i] << 1
+
+
+cdef Py_ssize_t _cut(const uint8_t *data, Py_ssize_t remaining) noexcept nogil:
+    """The length of the chunk at `data`, given `remaining` bytes from there."""
+    cdef Py_ssize_t center = _AVG_CHUNK
+    cdef Py_ssize_t pos, limit
+    cdef uint64_t h = 0
+    if remaining <= _MIN_CHUNK:
+        return remaining
+    if remaining > _MAX_CHUNK:
+        remaining = _MAX_CHUNK
+    elif remaining < center:
+        center = remaining
+    pos = _MIN_CHUNK // 2 * 2
+    limit = center // 2 * 2
+    while pos < limit:
+        h = (h << 2) + _GEAR_LS[data[pos]]
+        if not (h & _MASK_S_LS):
+            return pos
+        h = h + _GEAR[data[pos + 1]]
+        if not (h & _MASK_S):
+            return pos + 1
+        pos += 2
+    limit = remaining // 2 * 2
+    while pos < limit:
+        h = (h << 2) + _GEAR_LS[data[pos]]
+        if not (h & _MASK_L_LS):
+            return pos
+        h = h + _GEAR[data[pos + 1]]
+        if not (h & _MASK_L):
+            return pos + 1
+        pos += 2
+    return remaining
+
+
+cdef list _cut_all(const uint8_t *data, Py_ssize_t n, bint final):
+    """Cut `n` bytes at `data` without the GIL: every chunk when `final`, else only
+    those decided (while `MAX_CHUNK` bytes are ahead). Returns the lengths."""
+    cdef Py_ssize_t most = n // _MIN_CHUNK + 2  # every chunk but the last is at least MIN_CHUNK
+    cdef Py_ssize_t *lengths = <Py_ssize_t *>malloc(most * sizeof(Py_ssize_t))
+    cdef Py_ssize_t count = 0, start = 0, length
+    if lengths == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            while start < n and (final or n - start >= _MAX_CHUNK):
+                length = _cut(data + start, n - start)
+                lengths[count] = length
+                count += 1
+                start += length
+        return [lengths[i] for i in range(count)]
+    finally:
+        free(lengths)
+
+
+def chunk_lengths(data):
+    """The lengths of the chunks `data` is cut into, as a whole (see p2psync/_twin.py)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return _cut_all(<const uint8_t *>view.buf, view.len, True)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class Chunker:
+    """Cuts a stream fed in pieces exactly as `chunk_lengths` cuts it whole (see p2psync/_twin.py)."""
+
+    cdef uint8_t *_buf
+    cdef Py_ssize_t _cap, _start, _end
+
+    def __cinit__(self):
+        self._buf = NULL
+        self._cap = self._start = self._end = 0
+
+    def __dealloc__(self):
+        free(self._buf)
+
+    cdef int _append(self, const uint8_t *data, Py_ssize_t n) except -1:
+        cdef Py_ssize_t held = self._end - self._start
+        cdef uint8_t *grown
+        if self._start:  # what was cut is dropped before growing
+            memmove(self._buf, self._buf + self._start, held)
+            self._start, self._end = 0, held
+        if held + n > self._cap:
+            grown = <uint8_t *>realloc(self._buf, held + n)
+            if grown == NULL:
+                raise MemoryError()
+            self._buf, self._cap = grown, held + n
+        memcpy(self._buf + held, data, n)
+        self._end = held + n
+        return 0
+
+    cdef list _take(self, bint final):
+        lengths = _cut_all(self._buf + self._start, self._end - self._start, final)
+        for length in lengths:
+            self._start += <Py_ssize_t>length
+        return lengths
+
+    def feed(self, data):
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._append(<const uint8_t *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return self._take(False)
+
+    def finish(self):
+        lengths = self._take(True)
+        self._start = self._end = 0
+        return lengths

@@ -15,7 +15,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "RECV_BUFFER_BYTES",
     "Buffer",
+    "Chunker",
     "LineSplitter",
+    "chunk_lengths",
     "link_new_files",
     "recv_to_file",
     "send_from_file",
@@ -40,6 +42,8 @@ else:
 MAX_LINE_BYTES = _chosen.MAX_LINE_BYTES
 RECV_BUFFER_BYTES = _chosen.RECV_BUFFER_BYTES
 Buffer = _chosen.Buffer
+Chunker = _chosen.Chunker
+chunk_lengths = _chosen.chunk_lengths
 LineSplitter = _chosen.LineSplitter
 link_new_files = _chosen.link_new_files
 recv_to_file = _chosen.recv_to_file

@@ -9,7 +9,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "RECV_BUFFER_BYTES",
     "Buffer",
+    "Chunker",
     "LineSplitter",
+    "chunk_lengths",
     "link_new_files",
     "recv_to_file",
     "send_from_file",
@@ -63,3 +65,10 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
 def link_new_files(
     dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple[bytes, bytes, int, int]]
 ) -> list[int]: ...
+def chunk_lengths(data: bytes | bytearray | memoryview) -> list[int]: ...
+
+@disjoint_base
+class Chunker:
+    def __init__(self) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[int]: ...
+    def finish(self) -> list[int]: ...

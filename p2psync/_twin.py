@@ -18,13 +18,16 @@ import socket
 from collections.abc import Sequence
 from typing import Protocol
 
+from .chunking import AVG_CHUNK, GEAR, MASK_L, MASK_S, MAX_CHUNK, MIN_CHUNK
 from .errors import ConnectionClosed, ProtocolError, TransferError
 
 __all__ = [
     "MAX_LINE_BYTES",
     "RECV_BUFFER_BYTES",
     "Buffer",
+    "Chunker",
     "LineSplitter",
+    "chunk_lengths",
     "link_new_files",
     "recv_to_file",
     "send_from_file",
@@ -321,3 +324,71 @@ def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple
         finally:
             os.close(fd)
     return results
+
+
+# ---------------------------------------------------------------- chunking
+
+_U64 = (1 << 64) - 1
+_GEAR_LS = tuple((g << 1) & _U64 for g in GEAR)  # two bytes a step: the first one's entry pre-shifted
+_MASK_S_LS, _MASK_L_LS = (MASK_S << 1) & _U64, (MASK_L << 1) & _U64
+
+
+def _cut(data: bytes | bytearray | memoryview, start: int, end: int) -> int:
+    """The length of the chunk of `data` starting at `start`, given the bytes up to
+    `end` (`p2psync.chunking` says how it is cut)."""
+    remaining = min(end - start, MAX_CHUNK)
+    if remaining <= MIN_CHUNK:
+        return remaining
+    center = min(AVG_CHUNK, remaining)
+    h = 0
+    gear, gear_ls = GEAR, _GEAR_LS
+    pos = start + MIN_CHUNK // 2 * 2
+    for limit, mask, mask_ls in (
+        (start + center // 2 * 2, MASK_S, _MASK_S_LS),
+        (start + remaining // 2 * 2, MASK_L, _MASK_L_LS),
+    ):
+        while pos < limit:
+            h = ((h << 2) + gear_ls[data[pos]]) & _U64
+            if not h & mask_ls:
+                return pos - start
+            h = (h + gear[data[pos + 1]]) & _U64
+            if not h & mask:
+                return pos + 1 - start
+            pos += 2
+    return remaining
+
+
+def chunk_lengths(data: bytes | bytearray | memoryview) -> list[int]:
+    """The lengths of the chunks `data` is cut into, as a whole (its end is the end)."""
+    view = memoryview(data).cast("B")
+    lengths, start, end = [], 0, len(view)
+    while start < end:
+        length = _cut(view, start, end)
+        lengths.append(length)
+        start += length
+    return lengths
+
+
+class Chunker:
+    """Cuts a stream fed in pieces exactly as `chunk_lengths` cuts it whole: `feed`
+    returns the lengths of the chunks its bytes completed, `finish` the rest.
+    Holds at most `MAX_CHUNK` bytes plus one piece (a chunk is decided only
+    once `MAX_CHUNK` bytes of it are here, or at the end)."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[int]:
+        self._pending += data
+        lengths, start, end = [], 0, len(self._pending)
+        while end - start >= MAX_CHUNK:
+            length = _cut(self._pending, start, end)
+            lengths.append(length)
+            start += length
+        del self._pending[:start]
+        return lengths
+
+    def finish(self) -> list[int]:
+        lengths = chunk_lengths(self._pending)
+        self._pending.clear()
+        return lengths
