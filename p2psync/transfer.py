@@ -44,6 +44,7 @@ __all__ = [
     "recv_to_file",
     "send_from_file",
     "request",
+    "body_reply",
     "small_reply",
     "transfer_deadline",
     "sealed_reply",
@@ -75,8 +76,10 @@ def upload(
     offset: int = 0,
     limiter: RateLimiter | None = None,
     seal: Callable[[bytes], bytes] | None = None,
+    length: int | None = None,
 ) -> int:
-    """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`.
+    """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`
+    (with `length`, only that many from `offset`: a run of chunks).
 
     `st` is the file's stat when it was opened. The file is checked between
     chunks, and once more before the last byte goes out: if it changed (size or
@@ -86,8 +89,8 @@ def upload(
     go out in slices, each taken from its bucket first. With `seal` (members
     only), the header line goes out tagged; the bytes stay as they are.
     """
-    size = st.st_size
-    reply = small_reply(fd, st, offset)
+    size = _end(st, offset, length)
+    reply = small_reply(fd, st, offset, length)
     if reply is not None:  # header and body leave in the same segment
         reply = sealed_reply(reply, seal)
         if limiter is not None:
@@ -177,19 +180,33 @@ def sealed_reply(reply: bytes, seal: Callable[[bytes], bytes] | None) -> bytes:
     return seal(header) + body
 
 
-def small_reply(fd: int, st: os.stat_result, offset: int = 0) -> bytes | None:
+def body_reply(body: bytes) -> bytes:
+    """A whole reply carrying `body` (a chunk list, say): header and bytes."""
+    return encode_header(len(body)) + body
+
+
+def _end(st: os.stat_result, offset: int, length: int | None) -> int:
+    """Where a reply from `offset` (of `length` bytes, or to the end) stops. Raises
+    `TransferError` for bytes outside the file."""
+    size = st.st_size
+    end = size if length is None else offset + length
+    if not 0 <= offset <= end <= size:
+        raise TransferError(f"bytes {offset}-{end} are outside the {size}-byte file")
+    return end
+
+
+def small_reply(fd: int, st: os.stat_result, offset: int = 0, length: int | None = None) -> bytes | None:
     """The whole reply to a request for a small file (up to `SMALL_FILE_BYTES`
     from `offset`), header and body, read in one piece and checked unchanged
     against `st`; None for a larger file, which `upload` sends in chunks.
-    Raises `TransferError` for an offset outside the file or a file that changed."""
-    size = st.st_size
-    if not 0 <= offset <= size:
-        raise TransferError(f"offset {offset} is outside the {size}-byte file")
-    if size - offset > SMALL_FILE_BYTES:
+    With `length`, only that many bytes from `offset`. Raises `TransferError`
+    for bytes outside the file or a file that changed."""
+    end = _end(st, offset, length)
+    if end - offset > SMALL_FILE_BYTES:
         return None
-    data = os.pread(fd, size - offset, offset)
-    _check_unchanged(fd, st, len(data) == size - offset, 0)
-    return encode_header(size - offset) + data
+    data = os.pread(fd, end - offset, offset)
+    _check_unchanged(fd, st, len(data) == end - offset, 0)
+    return encode_header(end - offset) + data
 
 
 def _check_unchanged(fd: int, st: os.stat_result, complete: bool, sent: int) -> None:

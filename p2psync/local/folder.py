@@ -33,12 +33,14 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from p2psync._core import link_new_files
-from p2psync.errors import ConfigError, UnsafeName
+from p2psync.errors import ConfigError, ProtocolError, TransferError, UnsafeName
 from p2psync.ignore import STATE_DIR, IgnoreRules
 from p2psync.paths import MAX_DEPTH, safe_path
 from p2psync.protocol import FileInfo
+from p2psync.protocol.chunks import ChunkList, decode_chunk_list
 from p2psync.sync.versions import Deletion, Vector, Version, bump, merge
 
+from .chunks import chunk_fd
 from .fileops import (
     ANY,
     DEFAULT_MODE,
@@ -437,6 +439,7 @@ class Folder:
         """Forget own deletions and empty the trash of what is older than `max_age_s`
         (a file's age in the trash: since it was moved there, its ctime)."""
         cutoff = int((time.time() if now is None else now) - max_age_s)
+        self.index.keep_chunk_lists({row.sha256 for row in self._rows.values()})  # lists of versions still here
         if self.index.expire_tombstones(cutoff):
             self._own_deletions = self.index.tombstones()
         trash = os.path.join(self.root, STATE_DIR, TRASH_DIR)
@@ -451,6 +454,21 @@ class Folder:
             for name in dirs:
                 with contextlib.suppress(OSError):
                     os.rmdir(name, dir_fd=fd)
+
+    def chunk_list(self, fd: int, st: os.stat_result) -> ChunkList:
+        """The chunk list of the open file `fd` (`st`: its stat when opened), from the
+        index when that version was cut before, else cut now and kept there.
+        Raises `TransferError` if the file changes while it is cut."""
+        sha256 = self.digest(fd, st)
+        cached = self.index.chunk_list(sha256)
+        if cached is not None:
+            with contextlib.suppress(ProtocolError):  # a bad row is cut again, not trusted
+                return decode_chunk_list(cached, st.st_size)
+        chunks = chunk_fd(fd, st.st_size)
+        if file_key(os.fstat(fd)) != file_key(st):
+            raise TransferError("the file changed while it was cut into chunks")
+        self.index.put_chunk_list(sha256, chunks.encode())
+        return chunks
 
     def in_trash(self, path: str, size: int | None) -> str | None:
         """The trashed copy of `path` (as a path of the folder), if one of that size is

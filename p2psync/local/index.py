@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS tombstones (
     path TEXT PRIMARY KEY, time INTEGER NOT NULL, sha256 TEXT, vector TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chunk_lists (sha256 TEXT PRIMARY KEY, chunks BLOB NOT NULL);
 """
 
 
@@ -202,6 +203,25 @@ class Index:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    # ------------------------------------------------------------ chunk lists
+
+    def chunk_list(self, sha256: str) -> bytes | None:
+        """The encoded chunk list (protocol/chunks.py) of the version `sha256`, if cut before."""
+        with self._lock:
+            found = self._db.execute("SELECT chunks FROM chunk_lists WHERE sha256=?", (sha256,)).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def put_chunk_list(self, sha256: str, chunks: bytes) -> None:
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):  # read-only: kept to itself
+            self._db.execute("INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)", (sha256, chunks))
+
+    def keep_chunk_lists(self, wanted: set[str]) -> int:
+        """Forget the chunk lists of versions not in `wanted`; how many."""
+        with self._lock:
+            stale = [(h,) for (h,) in self._db.execute("SELECT sha256 FROM chunk_lists") if h not in wanted]
+            self._db.executemany("DELETE FROM chunk_lists WHERE sha256=?", stale)
+        return len(stale)
 
     def expire_tombstones(self, older_than: int) -> int:
         """Forget own deletions from before `older_than` (unix seconds); how many."""

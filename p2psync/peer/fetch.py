@@ -15,6 +15,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import os
 import queue
 import socket
 import threading
@@ -23,14 +24,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from p2psync.deadlines import Watchdog
-from p2psync.errors import ConnectionClosed, P2PSyncError, Refused, TransferError
-from p2psync.events import Events, Kind
+from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
+from p2psync.events import Events, Kind, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.hashing import BackgroundHasher, new_hasher
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake, wrap_client
+from p2psync.peer import delta
 from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
 from p2psync.protocol.auth import Channel
+from p2psync.protocol.chunks import decode_chunk_list, max_list_bytes
 from p2psync.ratelimit import RateLimiter
+from p2psync.sync.delta import plan_delta
 from p2psync.transfer import HEADER_MAX_BYTES, Buffer, receive_body, recv_body, request, transfer_deadline
 
 __all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
@@ -45,6 +49,7 @@ PIPELINE_DEPTH = 64  # requests in flight on one kept-open connection ...
 PIPELINE_BATCH = 32  # ... sent in batches of this many files ...
 PIPELINE_BATCH_BYTES = 4 << 20  # ... and at most this many bytes (a batch is received into memory)
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
+DELTA_MIN_BYTES = 4 << 20  # a changed file this large is built from its old version's chunks where it can
 
 
 class _ResumeRefused(Refused):
@@ -88,12 +93,17 @@ class Fetcher:
         for ip, port in entry.holders():
             if self._is_me(ip, port):
                 continue
+            how = ""
             try:
-                try:
-                    installed = self._fetch_from(name, entry, ip, port, True, expect)
-                except _ResumeRefused as exc:
-                    log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
-                    installed = self._fetch_from(name, entry, ip, port, False, expect)
+                delta = self._fetch_delta(name, entry, (ip, port), expect)
+                if delta is not None:
+                    installed, how = delta
+                else:
+                    try:
+                        installed = self._fetch_from(name, entry, ip, port, True, expect)
+                    except _ResumeRefused as exc:
+                        log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
+                        installed = self._fetch_from(name, entry, ip, port, False, expect)
             except (P2PSyncError, OSError) as exc:
                 log.debug("fetching %s from %s:%d failed: %s", name, ip, port, exc)
                 failure = f"from {ip}:{port}: {exc}"
@@ -101,7 +111,7 @@ class Fetcher:
                     return False
                 continue  # this holder failed: try the next
             if installed:
-                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}")
+                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}{how}")
             return installed
         self.events.emit(Kind.FAILED, name, entry.size or 0, failure)
         return False
@@ -132,6 +142,64 @@ class Fetcher:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
             return self._install(part, entry, hasher)
+
+    def _fetch_delta(
+        self, name: str, entry: DirectoryEntry, holder: tuple[str, int], expect: Any
+    ) -> tuple[bool, str] | None:
+        """A changed large file built from its old version here, fetching only the
+        chunks that are new (peer/delta.py): whether it was installed, and a note
+        of what crossed the network. None when no delta applies (no old version
+        here, too small, mostly new, a holder too old for chunk lists, or the
+        old version changed meanwhile): the caller fetches the file whole.
+        Raises for a failed holder, `delta.BadChunk` included."""
+        size = entry.size
+        if entry.sha256 is None or size is None or size < DELTA_MIN_BYTES:
+            return None
+        try:
+            old_fd, old_st = self.folder.open_for_serving(name)
+        except (OSError, UnsafeName):
+            return None
+        with contextlib.ExitStack() as stack:
+            stack.callback(os.close, old_fd)
+            if old_st.st_size < DELTA_MIN_BYTES:
+                return None
+            sock = stack.enter_context(self._open(holder))
+            stack.enter_context(self._tracked(sock))
+            channel = self._shake(sock)
+            sock.settimeout(HEADER_TIMEOUT_S)
+            line = encode_request(name, 0, entry.sha256, keep_open=True, chunks=True)
+            sock.sendall(line if channel is None else channel.seal(line.rstrip(b"\n")))
+            held = self.folder.chunk_list(old_fd, old_st)  # cut here while the holder cuts its version
+            reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)
+            with self.watchdog.limit(sock, HEADER_TIMEOUT_S + transfer_deadline(size), f"the chunk list of {name}"):
+                header = reader.read_line()
+                try:
+                    length = decode_reply(header if channel is None else channel.open(header))
+                except Refused as exc:
+                    log.debug("%s: %s:%d sends no chunk list (%s); fetching it whole", name, *holder, exc)
+                    return None
+                if length > max_list_bytes(size):
+                    raise ProtocolError(f"a {length}-byte chunk list for a {size}-byte file")
+                wanted = decode_chunk_list(recv_body(sock, reader, length), size)
+            steps = plan_delta(wanted, [held])
+            missing = sum(step.length for step in steps if step.source is None)
+            if missing > size // 2:
+                return None  # mostly new bytes: the whole file, resumable and zero copy, is as cheap
+            sock.settimeout(RECV_TIMEOUT_S)
+            part = stack.enter_context(self.folder.partial(name, entry.sha256, False, expect))
+            part.reserve(size)
+            hasher = new_hasher(size)
+            if isinstance(hasher, BackgroundHasher):
+                stack.callback(hasher.close)
+            with self.events.transfer(name, size, part.fd):
+                delta.build(
+                    sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher, self.watchdog
+                )
+            if hasher.hexdigest() != entry.sha256:  # the old version changed while it was read
+                log.info("%s: the file built from chunks does not match its SHA-256; fetching it whole", name)
+                return None
+            note = f", as a delta: {size_text(missing + length)} fetched, {size_text(size - missing)} reused"
+            return part.commit(entry.mtime, entry.mode, entry.vector), note
 
     def _open(self, holder: tuple[str, int]) -> socket.socket:
         """A connection to `holder` (a TLS one with `--tls`, its handshake still to do

@@ -187,7 +187,10 @@ class FileServer:
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
             seal = held.channel.seal if held.channel is not None else None
-            reply = transfer.small_reply(fd, st, request.offset) if request.keep_open else None
+            if request.chunks:  # its chunk list instead of its bytes (cut now, or from the index)
+                held.add(transfer.sealed_reply(transfer.body_reply(self.folder.chunk_list(fd, st).encode()), seal))
+                return request.keep_open
+            reply = transfer.small_reply(fd, st, request.offset, request.length) if request.keep_open else None
             if reply is not None:
                 reply = transfer.sealed_reply(reply, seal)
                 if self.limiter is not None:
@@ -196,8 +199,9 @@ class FileServer:
             else:
                 held.send()
                 conn.settimeout(transfer.BASE_TRANSFER_S)
-                with self.watchdog.limit(conn, transfer.transfer_deadline(st.st_size - request.offset), "the upload"):
-                    upload(conn, fd, st, request.offset, self.limiter, seal)
+                nbytes = st.st_size - request.offset if request.length is None else request.length
+                with self.watchdog.limit(conn, transfer.transfer_deadline(nbytes), "the upload"):
+                    upload(conn, fd, st, request.offset, self.limiter, seal, request.length)
             log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
         except ConnectionClosed:

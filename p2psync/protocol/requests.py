@@ -22,24 +22,39 @@ class FileRequest:
     offset: int = 0
     sha256: str | None = None  # the version asked for; always set in the extended form
     keep_open: bool = False  # after the reply, the connection stays open for another request
+    length: int | None = None  # only this many bytes from `offset` (a run of chunks); None: to the end
+    chunks: bool = False  # the version's chunk list (protocol/chunks.py) instead of its bytes
 
 
 KEEP_OPEN = b"keep-open"
+CHUNKS = b"chunks"
+LENGTH = b"length="
 
 
-def encode_request(name: str, offset: int = 0, sha256: str | None = None, keep_open: bool = False) -> bytes:
+def encode_request(
+    name: str,
+    offset: int = 0,
+    sha256: str | None = None,
+    keep_open: bool = False,
+    length: int | None = None,
+    chunks: bool = False,
+) -> bytes:
     """A file request: classic `name\\n`, or the extended form
-    `name NUL offset NUL sha256 [NUL keep-open] \\n` (resume from `offset` of the
-    version `sha256`; keep the connection for more requests). The extended
-    form only goes to p2psync holders, those that advertise a hash.
+    `name NUL offset NUL sha256 [NUL length=N] [NUL chunks] [NUL keep-open] \\n`
+    (from `offset` of the version `sha256`, only N bytes of it, or its chunk
+    list; keep the connection for more requests). The extended form only goes
+    to p2psync holders, those that advertise a hash; one too old for `length`
+    or `chunks` refuses them as malformed, and the asker falls back.
     Raises `UnsafeName` for a name we would never send.
     """
     head = safe_path(name).encode("utf-8")
-    if not offset and not keep_open:
+    if not offset and not keep_open and length is None and not chunks:
         return head + b"\n"
-    if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256):
-        raise ValueError("an extended request needs the version's sha256 and an offset >= 0")
-    tail = b"\x00" + KEEP_OPEN if keep_open else b""
+    if offset < 0 or sha256 is None or not _SHA256_HEX.match(sha256) or (length is not None and length < 0):
+        raise ValueError("an extended request needs the version's sha256, an offset >= 0 and a length >= 0")
+    tail = b"\x00%s%d" % (LENGTH, length) if length is not None else b""
+    tail += b"\x00" + CHUNKS if chunks else b""
+    tail += b"\x00" + KEEP_OPEN if keep_open else b""
     return b"%s\x00%d\x00%s%s\n" % (head, offset, sha256.encode("ascii"), tail)
 
 
@@ -60,15 +75,24 @@ def decode_request(line: bytes) -> FileRequest:
     if not extended:
         return FileRequest(name)
     fields = tail.split(b"\x00")
+    flags = fields[2:]
+    lengths = [f[len(LENGTH) :] for f in flags if f.startswith(LENGTH)]
     if (
-        len(fields) not in (2, 3)
+        len(fields) < 2
         or not fields[0].isdigit()
         or len(fields[0]) > 20
         or not _SHA256_HEX.match(fields[1].decode("ascii", "replace"))
-        or (len(fields) == 3 and fields[2] != KEEP_OPEN)
+        or len(set(flags)) != len(flags)
+        or any(f not in (KEEP_OPEN, CHUNKS) and not f.startswith(LENGTH) for f in flags)
+        or len(lengths) > 1
+        or any(not n.isdigit() or len(n) > 20 for n in lengths)
     ):
-        raise ProtocolError(f"bad extended request (want name NUL offset NUL sha256 [NUL keep-open]): {_shown(line)}")
-    return FileRequest(name, int(fields[0]), fields[1].decode("ascii"), len(fields) == 3)
+        raise ProtocolError(
+            "bad extended request (want name NUL offset NUL sha256 [NUL length=N] [NUL chunks] [NUL keep-open]): "
+            + _shown(line)
+        )
+    length = int(lengths[0]) if lengths else None
+    return FileRequest(name, int(fields[0]), fields[1].decode("ascii"), KEEP_OPEN in flags, length, CHUNKS in flags)
 
 
 def encode_header(size: int) -> bytes:

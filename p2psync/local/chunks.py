@@ -1,0 +1,89 @@
+"""Cutting a file into its content-defined chunks and naming each (issue 14):
+the lengths from the core's FastCDC (`_core.Chunker`, no GIL in the
+extension), the ids (SHA-256) on a thread pool, a batch of at least
+`HASH_BATCH_BYTES` per task: hashlib lets go of the GIL while it hashes, and
+one task per 64 KiB chunk would cost more in hand-offs than it gains.
+
+The file is read with `pread`, not mapped: a file truncated while it is read
+ends the cut with an error instead of the process with SIGBUS. Never parses a
+message; the list's wire form is protocol/chunks.py's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+
+from p2psync._core import Chunker
+from p2psync.errors import TransferError
+from p2psync.protocol.chunks import ChunkList
+
+__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_chunks"]
+
+READ_BYTES = 8 * 1024 * 1024  # a read of the file
+HASH_BATCH_BYTES = 4 * 1024 * 1024  # a hashing task: whole chunks, at least this many bytes
+HASH_WORKERS = min(4, os.cpu_count() or 1)
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _hashers() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool  # one pool for the process, made on first use, its threads reused
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="p2psync-hash")
+    return _pool
+
+
+def _digests(data: bytes, lengths: list[int]) -> list[bytes]:
+    view, at, out = memoryview(data), 0, []
+    for length in lengths:
+        out.append(hashlib.sha256(view[at : at + length]).digest())
+        at += length
+    return out
+
+
+def hash_chunks(
+    batches: list[tuple[bytes, list[int]]],
+) -> list[concurrent.futures.Future[list[bytes]]]:
+    """Start hashing each `(bytes, chunk lengths)` batch on the pool."""
+    pool = _hashers()
+    return [pool.submit(_digests, data, lengths) for data, lengths in batches]
+
+
+def chunk_fd(fd: int, size: int) -> ChunkList:
+    """The chunk list of the `size` bytes of the open file `fd`. Raises
+    `TransferError` if the file is not `size` bytes long while it is read."""
+    chunker = Chunker()
+    lengths: list[int] = []
+    futures: list[concurrent.futures.Future[list[bytes]]] = []
+    pending = bytearray()  # bytes read but not yet handed to a hashing batch
+    batch: list[int] = []  # lengths of the whole chunks at the front of `pending`
+    batch_bytes = 0
+    offset = 0
+
+    def hand_over() -> None:
+        nonlocal batch, batch_bytes
+        futures.extend(hash_chunks([(bytes(pending[:batch_bytes]), batch)]))
+        del pending[:batch_bytes]
+        batch, batch_bytes = [], 0
+
+    while offset < size:
+        block = os.pread(fd, min(READ_BYTES, size - offset), offset)
+        if not block:
+            raise TransferError(f"the file ended after {offset} of {size} bytes while it was cut into chunks")
+        offset += len(block)
+        pending += block
+        cut = chunker.feed(block) if offset < size else chunker.feed(block) + chunker.finish()
+        for length in cut:
+            lengths.append(length)
+            batch.append(length)
+            batch_bytes += length
+            if batch_bytes >= HASH_BATCH_BYTES:
+                hand_over()
+    if os.pread(fd, 1, size):
+        raise TransferError(f"the file grew past {size} bytes while it was cut into chunks")
+    if batch:
+        hand_over()
+    digests = [digest for future in futures for digest in future.result()]
+    return ChunkList(tuple(lengths), tuple(digests))
