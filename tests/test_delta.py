@@ -1,0 +1,218 @@
+"""Delta transfers: chunk lists on the wire, the plan (pure, property-tested),
+and changed files built from their old version between real peers on
+loopback, on both backends: only the new chunks cross the network, a holder
+sending a bad chunk is dropped for the file, an older holder without chunk
+lists is fetched from whole."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2psync.chunking import MAX_CHUNK, MIN_CHUNK
+from p2psync.deadlines import Watchdog
+from p2psync.errors import ProtocolError
+from p2psync.events import Event, Events, Kind
+from p2psync.local import Folder
+from p2psync.peer.fetch import DELTA_MIN_BYTES, Fetcher
+from p2psync.protocol import DirectoryEntry, decode_request, encode_request
+from p2psync.protocol.chunks import ENTRY_BYTES, ChunkList, decode_chunk_list
+from p2psync.sync.delta import RUN_MAX_BYTES, plan_delta
+
+from .loopback import LOOPBACK, Relay, wait_until
+
+# ------------------------------------------------------------------ sans-IO
+
+
+def chunk_list(lengths: list[int], seed: int = 0) -> ChunkList:
+    rng = random.Random(seed)
+    return ChunkList(tuple(lengths), tuple(rng.randbytes(32) for _ in lengths))
+
+
+lengths = st.lists(st.integers(MIN_CHUNK, MAX_CHUNK), max_size=30).flatmap(
+    lambda body: st.integers(1, MAX_CHUNK).map(lambda last: [*body, last])
+)
+
+
+@given(lengths)
+def test_a_chunk_list_round_trips_and_a_bad_one_is_refused(sizes: list[int]) -> None:
+    chunks = chunk_list(sizes)
+    body = chunks.encode()
+    assert len(body) == ENTRY_BYTES * len(sizes)
+    assert decode_chunk_list(body, chunks.size) == chunks
+    for bad, size in ((body[:-1], chunks.size), (body, chunks.size + 1), (body + body[:ENTRY_BYTES], chunks.size)):
+        with pytest.raises(ProtocolError):
+            decode_chunk_list(bad, size)
+
+
+@given(
+    offset=st.integers(0, 2**40),
+    length=st.none() | st.integers(0, 2**40),
+    chunks=st.booleans(),
+    keep_open=st.booleans(),
+)
+def test_range_and_chunk_list_requests_round_trip(offset, length, chunks, keep_open) -> None:
+    sha = "ab" * 32
+    line = encode_request("dir/file.bin", offset, sha, keep_open, length, chunks).rstrip(b"\n")
+    got = decode_request(line)
+    classic = not (offset or length is not None or chunks or keep_open)  # then it is the classic `name\n`
+    expected = (offset, length, chunks, keep_open, None if classic else sha)
+    assert (got.offset, got.length, got.chunks, got.keep_open, got.sha256) == expected
+    for bad in (line + b"\x00chunks\x00chunks", line + b"\x00length=x", line + b"\x00shiny"):
+        with pytest.raises(ProtocolError):
+            decode_request(bad)
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_a_plan_builds_exactly_the_wanted_version(data: st.DataObject) -> None:
+    """Whatever the folder holds, the steps cover the new version front to back,
+    every copy takes chunks with the same ids, and every run is within bounds."""
+    pool = [random.Random(i).randbytes(32) for i in range(12)]  # few ids: many chunks shared
+    wanted_ids = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=40))
+    wanted = ChunkList(tuple(data.draw(st.integers(MIN_CHUNK, MAX_CHUNK)) for _ in wanted_ids), tuple(wanted_ids))
+    held = [
+        ChunkList(tuple(MIN_CHUNK + 7 * i for i in range(len(ids))), tuple(ids))
+        for ids in data.draw(st.lists(st.lists(st.sampled_from(pool), max_size=20), max_size=3))
+    ]
+    steps = plan_delta(wanted, held)
+    offsets = list(itertools.accumulate(wanted.lengths, initial=0))
+    everywhere = {digest for h in held for digest in h.digests}
+    at = chunk = 0
+    for step in steps:
+        taken = range(chunk, chunk + step.count)
+        assert (step.offset, step.first) == (at, chunk) and step.length == sum(wanted.lengths[i] for i in taken)
+        if step.source is None:
+            assert step.count == 1 or step.length <= RUN_MAX_BYTES
+            assert all(wanted.digests[i] not in everywhere for i in taken)
+        else:
+            source = held[step.source]
+            starts = source.offsets()
+            first = starts.index(step.source_offset)
+            assert source.digests[first : first + step.count] == wanted.digests[chunk : chunk + step.count]
+        at, chunk = at + step.length, chunk + step.count
+    assert at == offsets[-1] and chunk == len(wanted.lengths)
+
+
+# ------------------------------------------------------------------ between peers
+
+
+def _edited(data: bytes, at: float, insert: bytes) -> bytes:
+    cut = int(len(data) * at)
+    return data[:cut] + insert + data[cut:]
+
+
+def _delta_note(events: list[Event], name: str) -> tuple[float, float] | None:
+    """(KiB fetched, MiB reused) from the fetched event of `name`, if it came as a delta."""
+    for event in events:
+        if event.kind is Kind.FETCHED and event.path == name:
+            found = re.search(r"delta: ([\d.]+) (KiB|MiB) fetched, ([\d.]+) MiB reused", event.detail)
+            if found is None:
+                return None
+            return float(found.group(1)) * (1024 if found.group(2) == "MiB" else 1), float(found.group(3))
+    return None
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    old = os.urandom(12 << 20)
+    (a / "data" / "log.bin").parent.mkdir()
+    (a / "data" / "log.bin").write_bytes(old)
+    (a / "data" / "log.bin").chmod(0o640)
+    tracker = start_tracker()
+    holder = engine(a, tracker.port)
+    receiver = engine(b, tracker.port)
+    copy = b / "data" / "log.bin"
+    wait_until(lambda: copy.exists() and copy.read_bytes() == old, 30, "the first copy")
+    seen: list[Event] = []
+    receiver.events.subscribe(seen.append)
+    new = _edited(old, 0.1, os.urandom(300_000))
+    (a / "data" / "log.bin").write_bytes(new)
+    wait_until(lambda: copy.read_bytes() == new, 30, "the edit to reach b")
+    note = _delta_note(seen, "data/log.bin")
+    assert note is not None, [e.detail for e in seen]
+    fetched_kib, reused_mib = note
+    assert fetched_kib < 1024 and reused_mib > 11  # ~300 kB new (+ the chunks it touched + the list), not 12 MiB
+    assert copy.stat().st_mode & 0o777 == 0o640
+    assert holder.is_alive() and receiver.is_alive()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path):
+    """A fetcher into `tmp_path/dst`, which holds the old version of big.bin, and the events it emits."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    old = os.urandom(DELTA_MIN_BYTES + (3 << 20))
+    (dst / "big.bin").write_bytes(old)
+    folder = Folder(dst)
+    folder.scan()
+    watchdog, events, seen = Watchdog(), Events(), []
+    events.subscribe(seen.append)
+    yield Fetcher(folder, watchdog, (LOOPBACK, 1), events=events), old, seen
+    watchdog.close()
+    folder.close()
+
+
+def _holder(tmp_path: Path, engine, start_tracker, data: bytes):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(data)
+    peer = engine(src, start_tracker().port)
+    newer = int(time.time()) + 3600  # newer than the receiver's copy: the classic rule lets it replace that
+    entry = DirectoryEntry(LOOPBACK, peer.port, newer, len(data), hashlib.sha256(data).hexdigest())
+    wait_until(lambda: peer.last_round is not None, 20, "the holder's first round")  # its scan has hashed it
+    return peer, entry
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_holder_sending_a_bad_chunk_is_dropped_for_the_file(tmp_path: Path, receiver, engine, start_tracker) -> None:
+    fetcher, old, seen = receiver
+    new = _edited(old, 0.1, os.urandom(500_000))
+    peer, entry = _holder(tmp_path, engine, start_tracker, new)
+
+    def corrupt_a_run(direction: str, offset: int, data: bytes) -> bytes:
+        at = 200_000 - offset  # past the chunk list (~8 kB), inside the first run of new bytes
+        if direction != "down" or not 0 <= at < len(data):
+            return data
+        return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+    liar = Relay((LOOPBACK, peer.port), corrupt_a_run)
+    try:
+        entry = DirectoryEntry(LOOPBACK, liar.port, entry.mtime, entry.size, entry.sha256, ((LOOPBACK, peer.port),))
+        assert fetcher.fetch("big.bin", entry)
+    finally:
+        liar.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == new
+    fetched = [e for e in seen if e.kind is Kind.FETCHED]
+    assert len(fetched) == 1 and f"from {LOOPBACK}:{peer.port}" in fetched[0].detail  # the honest one
+    assert "delta" in fetched[0].detail
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_holder_without_chunk_lists_is_fetched_from_whole(tmp_path: Path, receiver, engine, start_tracker) -> None:
+    fetcher, old, seen = receiver
+    new = _edited(old, 0.5, b"x" * 70_000)
+    peer, entry = _holder(tmp_path, engine, start_tracker, new)
+
+    def as_an_older_holder(direction: str, offset: int, data: bytes) -> bytes:
+        return data.replace(b"\x00chunks", b"\x00chonks") if direction == "up" else data  # a flag it cannot know
+
+    older = Relay((LOOPBACK, peer.port), as_an_older_holder)
+    try:
+        entry = DirectoryEntry(LOOPBACK, older.port, entry.mtime, entry.size, entry.sha256)
+        assert fetcher.fetch("big.bin", entry)
+    finally:
+        older.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == new
+    assert [e.detail for e in seen if e.kind is Kind.FETCHED] == [f"from {LOOPBACK}:{older.port}"]  # whole, no delta
