@@ -25,6 +25,7 @@ from p2psync.local.fileops import write_all
 from p2psync.protocol import decode_reply, encode_request
 from p2psync.protocol.auth import Channel
 from p2psync.protocol.chunks import ChunkList
+from p2psync.ratelimit import RateLimiter
 from p2psync.sync.delta import Step
 from p2psync.transfer import Buffer, recv_body, transfer_deadline
 
@@ -50,8 +51,10 @@ def build(
     out_fd: int,
     hasher: Any,
     watchdog: Watchdog,
+    limiter: RateLimiter | None = None,
 ) -> None:
-    """Write the new version to `out_fd` (and `hasher`) step by step."""
+    """Write the new version to `out_fd` (and `hasher`) step by step; fetched runs
+    within `limiter`'s rate, if there is one."""
     runs = [step for step in steps if step.source is None]
     asked = received = 0
 
@@ -76,6 +79,8 @@ def build(
             length = decode_reply(header if channel is None else channel.open(header))
             if length != step.length:
                 raise TransferError(f"{name}: the holder offers {length} bytes of a {step.length}-byte run")
+            if limiter is not None:
+                limiter.take(length)
             data = recv_body(sock, reader, length)
         received += 1
         ask()

@@ -180,6 +180,8 @@ class Fetcher:
                     return None
                 if length > max_list_bytes(size):
                     raise ProtocolError(f"a {length}-byte chunk list for a {size}-byte file")
+                if self.limiter is not None:
+                    self.limiter.take(length)
                 wanted = decode_chunk_list(recv_body(sock, reader, length), size)
             steps = plan_delta(wanted, [held])
             missing = sum(step.length for step in steps if step.source is None)
@@ -193,7 +195,18 @@ class Fetcher:
                 stack.callback(hasher.close)
             with self.events.transfer(name, size, part.fd):
                 delta.build(
-                    sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher, self.watchdog
+                    sock,
+                    reader,
+                    channel,
+                    name,
+                    entry.sha256,
+                    wanted,
+                    steps,
+                    old_fd,
+                    part.fd,
+                    hasher,
+                    watchdog=self.watchdog,
+                    limiter=self.limiter,
                 )
             if hasher.hexdigest() != entry.sha256:  # the old version changed while it was read
                 log.info("%s: the file built from chunks does not match its SHA-256; fetching it whole", name)
