@@ -28,8 +28,9 @@ holds `MAX_CHUNK` bytes, or at the end.
 
 from __future__ import annotations
 
-__all__ = ["AVG_CHUNK", "GEAR", "MASK_L", "MASK_S", "MAX_CHUNK", "MIN_CHUNK"]
+__all__ = ["AVG_CHUNK", "DELTA_MIN_BYTES", "GEAR", "MASK_L", "MASK_S", "MAX_CHUNK", "MIN_CHUNK"]
 
+DELTA_MIN_BYTES = 4 * 1024 * 1024  # files this large are cut at the scan and may travel as deltas
 MIN_CHUNK = 16 * 1024
 AVG_CHUNK = 64 * 1024
 MAX_CHUNK = 256 * 1024

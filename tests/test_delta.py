@@ -6,6 +6,7 @@ lists is fetched from whole."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2psync._twin import chunk_lengths as twin_chunk_lengths
 from p2psync.chunking import MAX_CHUNK, MIN_CHUNK
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ProtocolError
@@ -140,6 +142,8 @@ def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tr
     new = _edited(old, 0.1, os.urandom(300_000))
     (a / "data" / "log.bin").write_bytes(new)
     wait_until(lambda: copy.read_bytes() == new, 30, "the edit to reach b")
+    listed = tracker.directory.entries()["data/log.bin"]
+    assert listed.chunks is not None  # the holder cut it at its scan: the list is vouched for by the directory
     note = _delta_note(seen, "data/log.bin")
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
@@ -216,3 +220,26 @@ def test_a_holder_without_chunk_lists_is_fetched_from_whole(tmp_path: Path, rece
         older.close()
     assert (tmp_path / "dst" / "big.bin").read_bytes() == new
     assert [e.detail for e in seen if e.kind is Kind.FETCHED] == [f"from {LOOPBACK}:{older.port}"]  # whole, no delta
+
+
+def _vouched(entry: DirectoryEntry, data: bytes, impl_chunks) -> DirectoryEntry:
+    """`entry` with the list id a holder reports for `data`."""
+    lengths = impl_chunks(data)
+    offsets = list(itertools.accumulate(lengths, initial=0))
+    digests = tuple(hashlib.sha256(data[a:b]).digest() for a, b in itertools.pairwise(offsets))
+    return dataclasses.replace(entry, chunks=ChunkList(tuple(lengths), digests).list_id())
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_list_the_directory_vouches_for_checks_every_chunk(tmp_path: Path, receiver, engine, start_tracker) -> None:
+    fetcher, old, seen = receiver
+    new = _edited(old, 0.3, os.urandom(200_000))
+    _, entry = _holder(tmp_path, engine, start_tracker, new)
+    wrong = dataclasses.replace(entry, chunks="0" * 64)  # the directory names another list: the holder's is refused
+    assert not fetcher.fetch("big.bin", wrong)
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == old
+    assert [e.kind for e in seen] == [Kind.FAILED]
+    assert fetcher.fetch("big.bin", _vouched(entry, new, twin_chunk_lengths))
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == new
+    assert "delta" in seen[-1].detail
+    assert fetcher.folder.list_id(entry.sha256) is not None  # kept: this version is never cut here

@@ -19,7 +19,7 @@ from p2psync._core import Chunker
 from p2psync.errors import TransferError
 from p2psync.protocol.chunks import ChunkList
 
-__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_chunks"]
+__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_chunks", "verify_chunks"]
 
 READ_BYTES = 8 * 1024 * 1024  # a read of the file
 HASH_BATCH_BYTES = 4 * 1024 * 1024  # a hashing task: whole chunks, at least this many bytes
@@ -87,3 +87,27 @@ def chunk_fd(fd: int, size: int) -> ChunkList:
         hand_over()
     digests = [digest for future in futures for digest in future.result()]
     return ChunkList(tuple(lengths), tuple(digests))
+
+
+def _verify(fd: int, offset: int, lengths: list[int], digests: list[bytes]) -> bool:
+    data = os.pread(fd, sum(lengths), offset)
+    return _digests(data, lengths) == digests if len(data) == sum(lengths) else False
+
+
+def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> bool:
+    """Whether the chunks `first` to `first + count - 1` of `chunks`, for each
+    `(first, count)` in `which`, are in `fd` where the list puts them: read and
+    hashed on the pool, at least `HASH_BATCH_BYTES` per task."""
+    offsets = chunks.offsets()
+    pool = _hashers()
+    futures = []
+    for first, count in which:
+        i, end = first, first + count
+        while i < end:
+            j, nbytes = i, 0
+            while j < end and (nbytes < HASH_BATCH_BYTES or j == i):
+                nbytes += chunks.lengths[j]
+                j += 1
+            futures.append(pool.submit(_verify, fd, offsets[i], list(chunks.lengths[i:j]), list(chunks.digests[i:j])))
+            i = j
+    return all(future.result() for future in futures)

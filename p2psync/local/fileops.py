@@ -55,6 +55,30 @@ def hash_fd(fd: int) -> str:
     return hasher.hexdigest()
 
 
+def copy_between(src: int, src_offset: int, dst: int, dst_offset: int, size: int) -> None:
+    """Copy `size` bytes from `src_offset` of `src` to `dst_offset` of `dst`, in the
+    kernel where it can (`copy_file_range`: no copy through this process, shared
+    blocks on filesystems with reflinks). Leaves both files' positions alone."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while done < size:
+        n = 0
+        if copy is not None:
+            try:
+                n = copy(src, dst, size - done, src_offset + done, dst_offset + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                copy = None
+                continue
+        else:
+            chunk = os.pread(src, min(HASH_CHUNK_BYTES, size - done), src_offset + done)
+            n = os.pwrite(dst, chunk, dst_offset + done) if chunk else 0
+        if n == 0:
+            raise OSError(errno.EIO, "source shrank while being copied")
+        done += n
+
+
 def copy_range(src: int, dst: int, size: int) -> None:
     """Copy `size` bytes from the start of `src` to `dst`: in the kernel where it can
     (`copy_file_range`, which shares blocks on filesystems with reflinks)."""

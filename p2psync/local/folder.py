@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from p2psync._core import link_new_files
+from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.errors import ConfigError, ProtocolError, TransferError, UnsafeName
 from p2psync.ignore import STATE_DIR, IgnoreRules
 from p2psync.paths import MAX_DEPTH, safe_path
@@ -180,6 +181,7 @@ class Folder:
         self._own_deletions: dict[str, Deletion] = self.index.tombstones()
         # (size, mtime_ns, inode) -> sha256: an unchanged file is never re-read, across restarts too.
         self._hashes: dict[Key, str] = {row.key: row.sha256 for row in self._rows.values()}
+        self._list_ids: dict[str, str] = self.index.list_ids()  # sha256 -> its chunk list's id (large files)
         self._last: dict[str, LocalFile] = self._from_rows()  # the previous scan (first: the index's)
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
@@ -289,7 +291,8 @@ class Folder:
         gone = [p for p in missing if self.rules.syncs(p) and not any(p.startswith(u) for u in unreadable)]
         ignored = [p for p in missing if not self.rules.syncs(p)]  # newly ignored: local now, not deleted
         self._record_scan(new_rows, gone, ignored, found, now)
-        if new_rows or gone or len(found) != len(self._last):
+        cut = self.index.path != ":memory:" and not self.read_only and self._cut_large(found)
+        if new_rows or gone or cut or len(found) != len(self._last):
             self.generation += 1
             keys = {f.key for f in found.values()}
             with self._lock:  # forget hashes of files that are gone, so the cache stays bounded
@@ -439,7 +442,9 @@ class Folder:
         """Forget own deletions and empty the trash of what is older than `max_age_s`
         (a file's age in the trash: since it was moved there, its ctime)."""
         cutoff = int((time.time() if now is None else now) - max_age_s)
-        self.index.keep_chunk_lists({row.sha256 for row in self._rows.values()})  # lists of versions still here
+        if self.index.keep_chunk_lists({row.sha256 for row in self._rows.values()}):  # lists of versions still here
+            with self._lock:
+                self._list_ids = self.index.list_ids()
         if self.index.expire_tombstones(cutoff):
             self._own_deletions = self.index.tombstones()
         trash = os.path.join(self.root, STATE_DIR, TRASH_DIR)
@@ -460,15 +465,59 @@ class Folder:
         index when that version was cut before, else cut now and kept there.
         Raises `TransferError` if the file changes while it is cut."""
         sha256 = self.digest(fd, st)
-        cached = self.index.chunk_list(sha256)
+        cached = self.cached_chunk_list(sha256, st.st_size)
         if cached is not None:
-            with contextlib.suppress(ProtocolError):  # a bad row is cut again, not trusted
-                return decode_chunk_list(cached, st.st_size)
+            return cached
         chunks = chunk_fd(fd, st.st_size)
         if file_key(os.fstat(fd)) != file_key(st):
             raise TransferError("the file changed while it was cut into chunks")
-        self.index.put_chunk_list(sha256, chunks.encode())
+        self.keep_chunk_list(sha256, chunks)
         return chunks
+
+    def cached_chunk_list(self, sha256: str, size: int) -> ChunkList | None:
+        """The chunk list of the version `sha256` if it was cut (or received) before."""
+        cached = self.index.chunk_list(sha256)
+        if cached is not None:
+            with contextlib.suppress(ProtocolError):  # a bad row is cut again, not trusted
+                return decode_chunk_list(cached, size)
+        return None
+
+    def keep_chunk_list(self, sha256: str, chunks: ChunkList) -> None:
+        """Remember the chunk list of the version `sha256` (cut here, or received and
+        checked against the id the directory gave): that version is never cut again."""
+        list_id = chunks.list_id()
+        self.index.put_chunk_list(sha256, list_id, chunks.encode())
+        with self._lock:
+            self._list_ids[sha256] = list_id
+
+    def list_id(self, sha256: str) -> str | None:
+        """The id of the chunk list of the version `sha256`, if it has one here."""
+        with self._lock:
+            return self._list_ids.get(sha256)
+
+    def _cut_large(self, found: dict[str, LocalFile]) -> bool:
+        """Give every large file its chunk list (once per version, kept in the index),
+        so it can be reported with its list's id and sent or received as a delta;
+        whether any was cut. A file that changes meanwhile waits for the next scan."""
+        cut = False
+        for path, f in found.items():
+            if f.size < DELTA_MIN_BYTES or self.list_id(f.sha256) is not None:
+                continue
+            try:
+                fd = self._open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            except (OSError, UnsafeName):
+                continue
+            try:
+                st = os.fstat(fd)
+                if file_key(st) != f.key:
+                    continue
+                self.chunk_list(fd, st)
+                cut = True
+            except (OSError, TransferError) as exc:
+                log.debug("not cutting %s now: %s", path, exc)
+            finally:
+                os.close(fd)
+        return cut
 
     def in_trash(self, path: str, size: int | None) -> str | None:
         """The trashed copy of `path` (as a path of the folder), if one of that size is

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS tombstones (
     path TEXT PRIMARY KEY, time INTEGER NOT NULL, sha256 TEXT, vector TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS chunk_lists (sha256 TEXT PRIMARY KEY, chunks BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS chunk_lists (sha256 TEXT PRIMARY KEY, list_id TEXT NOT NULL, chunks BLOB NOT NULL);
 """
 
 
@@ -212,9 +212,14 @@ class Index:
             found = self._db.execute("SELECT chunks FROM chunk_lists WHERE sha256=?", (sha256,)).fetchone()
         return None if found is None else bytes(found[0])
 
-    def put_chunk_list(self, sha256: str, chunks: bytes) -> None:
+    def put_chunk_list(self, sha256: str, list_id: str, chunks: bytes) -> None:
         with self._lock, contextlib.suppress(sqlite3.OperationalError):  # read-only: kept to itself
-            self._db.execute("INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)", (sha256, chunks))
+            self._db.execute("INSERT OR REPLACE INTO chunk_lists VALUES (?, ?, ?)", (sha256, list_id, chunks))
+
+    def list_ids(self) -> dict[str, str]:
+        """The id of every chunk list kept, by the version's sha256."""
+        with self._lock:
+            return dict(self._db.execute("SELECT sha256, list_id FROM chunk_lists").fetchall())
 
     def keep_chunk_lists(self, wanted: set[str]) -> int:
         """Forget the chunk lists of versions not in `wanted`; how many."""

@@ -21,7 +21,8 @@ from typing import Any
 
 from p2psync.deadlines import Watchdog
 from p2psync.errors import TransferError
-from p2psync.local.fileops import write_all
+from p2psync.local.chunks import verify_chunks
+from p2psync.local.fileops import copy_between, write_all
 from p2psync.protocol import decode_reply, encode_request
 from p2psync.protocol.auth import Channel
 from p2psync.protocol.chunks import ChunkList
@@ -29,7 +30,7 @@ from p2psync.ratelimit import RateLimiter
 from p2psync.sync.delta import Step
 from p2psync.transfer import Buffer, recv_body, transfer_deadline
 
-__all__ = ["RUNS_IN_FLIGHT", "BadChunk", "build"]
+__all__ = ["RUNS_IN_FLIGHT", "BadChunk", "build", "build_verified"]
 
 RUNS_IN_FLIGHT = 8  # range requests sent ahead of the one being received
 COPY_BYTES = 4 * 1024 * 1024  # local bytes move in pieces this large
@@ -55,38 +56,91 @@ def build(
 ) -> None:
     """Write the new version to `out_fd` (and `hasher`) step by step; fetched runs
     within `limiter`'s rate, if there is one."""
-    runs = [step for step in steps if step.source is None]
-    asked = received = 0
-
-    def ask() -> None:
-        nonlocal asked
-        lines = []
-        while asked < len(runs) and asked - received < RUNS_IN_FLIGHT:
-            run = runs[asked]
-            line = encode_request(name, run.offset, sha256, keep_open=True, length=run.length)
-            lines.append(line if channel is None else channel.seal(line.rstrip(b"\n")))
-            asked += 1
-        if lines:
-            sock.sendall(b"".join(lines))
-
-    ask()
+    runs = _Runs(sock, channel, name, sha256, [step for step in steps if step.source is None])
     for step in steps:
         if step.source is not None:
             _copy(old_fd, out_fd, step, hasher)
             continue
-        with watchdog.limit(sock, transfer_deadline(step.length), f"receiving {step.length} bytes of {name}"):
-            header = reader.read_line()
-            length = decode_reply(header if channel is None else channel.open(header))
-            if length != step.length:
-                raise TransferError(f"{name}: the holder offers {length} bytes of a {step.length}-byte run")
-            if limiter is not None:
-                limiter.take(length)
-            data = recv_body(sock, reader, length)
-        received += 1
-        ask()
+        data = _receive_run(sock, reader, channel, name, step, watchdog, limiter)
+        runs.received()
         _check(data, wanted, step, name)
         hasher.update(data)
         write_all(out_fd, data)
+
+
+def build_verified(
+    sock: socket.socket,
+    reader: Buffer,
+    channel: Channel | None,
+    name: str,
+    sha256: str,
+    wanted: ChunkList,
+    steps: Sequence[Step],
+    old_fd: int,
+    out_fd: int,
+    watchdog: Watchdog,
+    limiter: RateLimiter | None = None,
+) -> bool:
+    """`build` for a chunk list the directory vouches for (its id is the one the
+    version was listed with): local bytes are copied in the kernel, and instead
+    of one SHA-256 over the whole file, every chunk is checked against the
+    list (fetched ones before they are written, copied ones read back from
+    `out_fd` afterwards, in parallel). Whether every chunk is the listed one."""
+    runs = _Runs(sock, channel, name, sha256, [step for step in steps if step.source is None])
+    for step in steps:
+        if step.source is not None:
+            copy_between(old_fd, step.source_offset, out_fd, step.offset, step.length)
+            continue
+        data = _receive_run(sock, reader, channel, name, step, watchdog, limiter)
+        runs.received()
+        _check(data, wanted, step, name)
+        view, at = memoryview(data), 0
+        while at < len(data):
+            at += os.pwrite(out_fd, view[at:], step.offset + at)
+        os.lseek(out_fd, step.offset + step.length, os.SEEK_SET)  # the progress display reads the position
+    return verify_chunks(out_fd, wanted, [(s.first, s.count) for s in steps if s.source is not None])
+
+
+class _Runs:
+    """The range requests of a build, sent `RUNS_IN_FLIGHT` ahead of the one received."""
+
+    def __init__(self, sock: socket.socket, channel: Channel | None, name: str, sha256: str, runs: list[Step]) -> None:
+        self._sock, self._channel, self._name, self._sha256, self._runs = sock, channel, name, sha256, runs
+        self._asked = self._received = 0
+        self._ask()
+
+    def received(self) -> None:
+        self._received += 1
+        self._ask()
+
+    def _ask(self) -> None:
+        lines = []
+        while self._asked < len(self._runs) and self._asked - self._received < RUNS_IN_FLIGHT:
+            run = self._runs[self._asked]
+            line = encode_request(self._name, run.offset, self._sha256, keep_open=True, length=run.length)
+            lines.append(line if self._channel is None else self._channel.seal(line.rstrip(b"\n")))
+            self._asked += 1
+        if lines:
+            self._sock.sendall(b"".join(lines))
+
+
+def _receive_run(
+    sock: socket.socket,
+    reader: Buffer,
+    channel: Channel | None,
+    name: str,
+    step: Step,
+    watchdog: Watchdog,
+    limiter: RateLimiter | None,
+) -> bytes:
+    with watchdog.limit(sock, transfer_deadline(step.length), f"receiving {step.length} bytes of {name}"):
+        header = reader.read_line()
+        length = decode_reply(header if channel is None else channel.open(header))
+        if length != step.length:
+            raise TransferError(f"{name}: the holder offers {length} bytes of a {step.length}-byte run")
+        if limiter is not None:
+            limiter.take(length)
+        return recv_body(sock, reader, length)
 
 
 def _copy(old_fd: int, out_fd: int, step: Step, hasher: Any) -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
 from p2psync.events import Events, Kind, size_text
@@ -37,7 +38,7 @@ from p2psync.ratelimit import RateLimiter
 from p2psync.sync.delta import plan_delta
 from p2psync.transfer import HEADER_MAX_BYTES, Buffer, receive_body, recv_body, request, transfer_deadline
 
-__all__ = ["CONNECT_TIMEOUT_S", "HEADER_TIMEOUT_S", "Fetcher"]
+__all__ = ["CONNECT_TIMEOUT_S", "DELTA_MIN_BYTES", "HEADER_TIMEOUT_S", "Fetcher"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ PIPELINE_DEPTH = 64  # requests in flight on one kept-open connection ...
 PIPELINE_BATCH = 32  # ... sent in batches of this many files ...
 PIPELINE_BATCH_BYTES = 4 << 20  # ... and at most this many bytes (a batch is received into memory)
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
-DELTA_MIN_BYTES = 4 << 20  # a changed file this large is built from its old version's chunks where it can
 
 
 class _ResumeRefused(Refused):
@@ -187,30 +187,31 @@ class Fetcher:
             missing = sum(step.length for step in steps if step.source is None)
             if missing > size // 2:
                 return None  # mostly new bytes: the whole file, resumable and zero copy, is as cheap
+            vouched = entry.chunks is not None  # the directory names this list: chunks check the whole file
+            if vouched and wanted.list_id() != entry.chunks:
+                raise delta.BadChunk(f"{name}: the holder's chunk list is not the one the directory names")
             sock.settimeout(RECV_TIMEOUT_S)
             part = stack.enter_context(self.folder.partial(name, entry.sha256, False, expect))
             part.reserve(size)
-            hasher = new_hasher(size)
-            if isinstance(hasher, BackgroundHasher):
-                stack.callback(hasher.close)
             with self.events.transfer(name, size, part.fd):
-                delta.build(
-                    sock,
-                    reader,
-                    channel,
-                    name,
-                    entry.sha256,
-                    wanted,
-                    steps,
-                    old_fd,
-                    part.fd,
-                    hasher,
-                    watchdog=self.watchdog,
-                    limiter=self.limiter,
-                )
-            if hasher.hexdigest() != entry.sha256:  # the old version changed while it was read
-                log.info("%s: the file built from chunks does not match its SHA-256; fetching it whole", name)
+                if vouched:
+                    whole = delta.build_verified(
+                        sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd,
+                        watchdog=self.watchdog, limiter=self.limiter,
+                    )  # fmt: skip
+                else:
+                    hasher = new_hasher(size)
+                    if isinstance(hasher, BackgroundHasher):
+                        stack.callback(hasher.close)
+                    delta.build(
+                        sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher,
+                        watchdog=self.watchdog, limiter=self.limiter,
+                    )  # fmt: skip
+                    whole = hasher.hexdigest() == entry.sha256
+            if not whole:  # the old version changed while it was read
+                log.info("%s: the file built from chunks is not the listed version; fetching it whole", name)
                 return None
+            self.folder.keep_chunk_list(entry.sha256, wanted)  # this version is never cut here either
             note = f", as a delta: {size_text(missing + length)} fetched, {size_text(size - missing)} reused"
             return part.commit(entry.mtime, entry.mode, entry.vector), note
 

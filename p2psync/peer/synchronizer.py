@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.config import DAY_S, PeerSettings
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ProtocolError
@@ -464,10 +465,18 @@ class FileSynchronizer(threading.Thread):
         have made itself, and no tombstones (classic peers get what it relays)."""
         extended = self._tracker_extended is True
         infos = tuple(
-            f.info() for f in sorted(self._local.values(), key=lambda f: f.name) if extended or is_classic_name(f.name)
+            self._info(f) if extended else f.info()
+            for f in sorted(self._local.values(), key=lambda f: f.name)
+            if extended or is_classic_name(f.name)
         )
         deleted = tuple(sorted(self.folder.own_deletions().items())) if extended else ()
         return infos, deleted
+
+    def _info(self, f: LocalFile) -> FileInfo:
+        """How a p2psync tracker is told of `f`: with its chunk list's id, if it is large."""
+        info = f.info()
+        list_id = self.folder.list_id(f.sha256) if f.size >= DELTA_MIN_BYTES else None
+        return info if list_id is None else dataclasses.replace(info, chunks=list_id)
 
     def _encode_report(self, report: tuple[tuple[FileInfo, ...], tuple[tuple[str, Deletion], ...]]) -> bytes:
         infos, deleted = report

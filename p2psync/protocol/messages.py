@@ -43,11 +43,14 @@ class FileInfo:
     sha256: str | None = None
     mode: int | None = None  # permission bits (p2psync peers)
     vector: Vector = ()  # version vector (p2psync peers), see sync.versions
+    chunks: str | None = None  # large files: the id of the version's chunk list (protocol/chunks.py)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object for this file; classic keys first, as classic peers order them."""
         obj: dict[str, Any] = {"name": self.name, "mtime": self.mtime}
         _put_version(obj, self.size, self.sha256, self.mode, self.vector)
+        if self.chunks is not None:
+            obj["chunks"] = self.chunks
         return obj
 
     def version(self) -> Version:
@@ -93,6 +96,7 @@ class DirectoryEntry:
     sources: tuple[tuple[str, int], ...] = ()  # every live holder of this version
     mode: int | None = None
     vector: Vector = ()
+    chunks: str | None = None  # the id of the version's chunk list, when its holder cut it
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"ip": self.ip, "port": self.port, "mtime": self.mtime}
@@ -103,6 +107,8 @@ class DirectoryEntry:
             obj["mode"] = self.mode
         if self.vector:
             obj["vector"] = [[peer, n] for peer, n in self.vector]
+        if self.chunks is not None:
+            obj["chunks"] = self.chunks
         return obj
 
     def version(self) -> Version:
@@ -154,12 +160,12 @@ def _optional_size(obj: Mapping[str, Any], what: str) -> int | None:
     return None if obj.get("size") is None else _int(obj, "size", what)
 
 
-def _optional_sha256(obj: Mapping[str, Any], what: str) -> str | None:
-    value = obj.get("sha256")
+def _optional_sha256(obj: Mapping[str, Any], what: str, key: str = "sha256") -> str | None:
+    value = obj.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not _SHA256_HEX.match(value):
-        raise ProtocolError(f"{what}: 'sha256' must be 64 lowercase hex digits, got {_shown(str(value))}")
+        raise ProtocolError(f"{what}: '{key}' must be 64 lowercase hex digits, got {_shown(str(value))}")
     return value
 
 
@@ -311,6 +317,7 @@ def decode_peer_message(line: bytes) -> PeerMessage:
                 sha256=_optional_sha256(item, what),
                 mode=_optional_mode(item, what),
                 vector=_vector(item.get("vector"), what),
+                chunks=_optional_sha256(item, what, "chunks"),
             )
         )
     raw_deleted = obj.get("deleted") or []
@@ -505,8 +512,10 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
         digest is not None and not (type(digest) is str and _SHA256_HEX.match(digest))
     ):
         return None
-    mode, raw_vector = item.get("mode"), item.get("vector")
+    mode, raw_vector, chunks = item.get("mode"), item.get("vector"), item.get("chunks")
     if mode is not None and not (type(mode) is int and 0 <= mode <= 0o7777):
+        return None
+    if chunks is not None and not (type(chunks) is str and _SHA256_HEX.match(chunks)):
         return None
     vector: Vector = ()
     if raw_vector is not None:
@@ -525,7 +534,7 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
     if mode is not None:
         mode &= 0o777
     if listed is None:
-        return DirectoryEntry(ip, port, mtime, size, digest, (), mode, vector)
+        return DirectoryEntry(ip, port, mtime, size, digest, (), mode, vector, chunks)
     if type(listed) is not list:
         return None
     pairs = []
@@ -535,7 +544,7 @@ def _plain_entry(item: dict[str, Any]) -> DirectoryEntry | None:
         if not 0 < pair[1] < 65536:
             return None
         pairs.append((pair[0], pair[1]))
-    return DirectoryEntry(ip, port, mtime, size, digest, tuple(pairs), mode, vector)
+    return DirectoryEntry(ip, port, mtime, size, digest, tuple(pairs), mode, vector, chunks)
 
 
 def _checked_entry(name: str, item: Any) -> DirectoryEntry:
@@ -555,4 +564,5 @@ def _checked_entry(name: str, item: Any) -> DirectoryEntry:
         sources=_decode_sources(item.get("sources"), what),
         mode=_optional_mode(item, what),
         vector=_vector(item.get("vector"), what),
+        chunks=_optional_sha256(item, what, "chunks"),
     )

@@ -232,6 +232,7 @@ class Directory:
             sources=sources if len(sources) > 1 else (),
             mode=info.mode,
             vector=info.vector,
+            chunks=info.chunks,
         )
 
     def entries(self) -> dict[str, DirectoryEntry]:
