@@ -19,7 +19,9 @@ from p2psync._core import Chunker
 from p2psync.errors import TransferError
 from p2psync.protocol.chunks import ChunkList
 
-__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_chunks", "verify_chunks"]
+from .hashing import BackgroundHasher
+
+__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_and_cut", "hash_chunks", "verify_chunks"]
 
 READ_BYTES = 8 * 1024 * 1024  # a read of the file
 HASH_BATCH_BYTES = 4 * 1024 * 1024  # a hashing task: whole chunks, at least this many bytes
@@ -51,9 +53,21 @@ def hash_chunks(
     return [pool.submit(_digests, data, lengths) for data, lengths in batches]
 
 
-def chunk_fd(fd: int, size: int) -> ChunkList:
-    """The chunk list of the `size` bytes of the open file `fd`. Raises
-    `TransferError` if the file is not `size` bytes long while it is read."""
+def hash_and_cut(fd: int, size: int) -> tuple[str, ChunkList]:
+    """The SHA-256 of the `size` bytes of `fd` and their chunk list, in one read:
+    the whole-file hash on a thread of its own beside the chunk ids on the pool."""
+    whole = BackgroundHasher()
+    try:
+        chunks = chunk_fd(fd, size, whole)
+    finally:
+        whole.close()
+    return whole.hexdigest(), chunks
+
+
+def chunk_fd(fd: int, size: int, whole: BackgroundHasher | None = None) -> ChunkList:
+    """The chunk list of the `size` bytes of the open file `fd` (every byte also fed
+    to `whole`, if given). Raises `TransferError` if the file is not `size` bytes
+    long while it is read."""
     chunker = Chunker()
     lengths: list[int] = []
     futures: list[concurrent.futures.Future[list[bytes]]] = []
@@ -73,6 +87,8 @@ def chunk_fd(fd: int, size: int) -> ChunkList:
         if not block:
             raise TransferError(f"the file ended after {offset} of {size} bytes while it was cut into chunks")
         offset += len(block)
+        if whole is not None:
+            whole.update(block)
         pending += block
         cut = chunker.feed(block) if offset < size else chunker.feed(block) + chunker.finish()
         for length in cut:

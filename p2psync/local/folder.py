@@ -41,7 +41,7 @@ from p2psync.protocol import FileInfo
 from p2psync.protocol.chunks import ChunkList, decode_chunk_list
 from p2psync.sync.versions import Deletion, Vector, Version, bump, merge
 
-from .chunks import chunk_fd
+from .chunks import chunk_fd, hash_and_cut
 from .fileops import (
     ANY,
     DEFAULT_MODE,
@@ -182,6 +182,7 @@ class Folder:
         # (size, mtime_ns, inode) -> sha256: an unchanged file is never re-read, across restarts too.
         self._hashes: dict[Key, str] = {row.key: row.sha256 for row in self._rows.values()}
         self._list_ids: dict[str, str] = self.index.list_ids()  # sha256 -> its chunk list's id (large files)
+        self._cuts_large = state and not read_only  # the engine's folders cut large files at the scan
         self._last: dict[str, LocalFile] = self._from_rows()  # the previous scan (first: the index's)
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
@@ -291,7 +292,7 @@ class Folder:
         gone = [p for p in missing if self.rules.syncs(p) and not any(p.startswith(u) for u in unreadable)]
         ignored = [p for p in missing if not self.rules.syncs(p)]  # newly ignored: local now, not deleted
         self._record_scan(new_rows, gone, ignored, found, now)
-        cut = self.index.path != ":memory:" and not self.read_only and self._cut_large(found)
+        cut = self._cuts_large and self._cut_large(found)
         if new_rows or gone or cut or len(found) != len(self._last):
             self.generation += 1
             keys = {f.key for f in found.values()}
@@ -385,7 +386,15 @@ class Folder:
         try:
             if file_key(os.fstat(fd)) != key:
                 raise OSError(errno.EAGAIN, "changed while being hashed")
-            digest = hash_fd(fd)
+            if key[0] >= DELTA_MIN_BYTES and self._cuts_large:  # one read: its hash and its chunk list
+                digest, chunks = hash_and_cut(fd, key[0])
+                if file_key(os.fstat(fd)) != key:
+                    raise OSError(errno.EAGAIN, "changed while being hashed")
+                self.keep_chunk_list(digest, chunks)
+            else:
+                digest = hash_fd(fd)
+        except TransferError as exc:  # it shrank or grew while read
+            raise OSError(errno.EAGAIN, str(exc)) from None
         finally:
             os.close(fd)
         with self._lock:
