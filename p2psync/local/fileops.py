@@ -62,7 +62,6 @@ def copy_between(src: int, src_offset: int, dst: int, dst_offset: int, size: int
     done = 0
     copy = getattr(os, "copy_file_range", None)
     while done < size:
-        n = 0
         if copy is not None:
             try:
                 n = copy(src, dst, size - done, src_offset + done, dst_offset + done)
@@ -80,23 +79,7 @@ def copy_between(src: int, src_offset: int, dst: int, dst_offset: int, size: int
 
 
 def copy_range(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes from the start of `src` to `dst`: in the kernel where it can
-    (`copy_file_range`, which shares blocks on filesystems with reflinks)."""
-    done = 0
-    copy = getattr(os, "copy_file_range", None)
-    while done < size:
-        if copy is not None:
-            try:
-                n = copy(src, dst, size - done, done, done)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                copy = None
-                continue
-        else:
-            chunk = os.pread(src, min(HASH_CHUNK_BYTES, size - done), done)
-            n = os.pwrite(dst, chunk, done) if chunk else 0
-        if n == 0:
-            raise OSError(errno.EIO, "source shrank while being copied")
-        done += n
-    os.lseek(dst, done, os.SEEK_SET)
+    """Copy `size` bytes from the start of `src` to `dst` (see `copy_between`),
+    leaving `dst` positioned after them."""
+    copy_between(src, 0, dst, 0, size)
+    os.lseek(dst, size, os.SEEK_SET)
