@@ -8,8 +8,9 @@ Local bytes are read from the old version (the file being replaced, through
 its own descriptor) and fetched runs come over one kept-open connection, up
 to `RUNS_IN_FLIGHT` requests ahead, so the holder reads the next run while
 this side copies. Every chunk of a fetched run is checked against the list
-before any of it is written; the assembled file is checked against the
-version's SHA-256 before the caller installs it."""
+before any of it is written; the assembled file is checked as a whole (its
+SHA-256), or, when the directory vouches for the list, chunk by chunk, before
+the caller installs it."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from p2psync.ratelimit import RateLimiter
 from p2psync.sync.delta import Step
 from p2psync.transfer import Buffer, recv_body, transfer_deadline
 
-__all__ = ["RUNS_IN_FLIGHT", "BadChunk", "build", "build_verified"]
+__all__ = ["RUNS_IN_FLIGHT", "BadChunk", "build"]
 
 RUNS_IN_FLIGHT = 8  # range requests sent ahead of the one being received
 COPY_BYTES = 4 * 1024 * 1024  # local bytes move in pieces this large
@@ -50,54 +51,37 @@ def build(
     steps: Sequence[Step],
     old_fd: int,
     out_fd: int,
-    hasher: Any,
-    watchdog: Watchdog,
-    limiter: RateLimiter | None = None,
-) -> None:
-    """Write the new version to `out_fd` (and `hasher`) step by step; fetched runs
-    within `limiter`'s rate, if there is one."""
-    runs = _Runs(sock, channel, name, sha256, [step for step in steps if step.source is None])
-    for step in steps:
-        if step.source is not None:
-            _copy(old_fd, out_fd, step, hasher)
-            continue
-        data = _receive_run(sock, reader, channel, name, step, watchdog, limiter)
-        runs.received()
-        _check(data, wanted, step, name)
-        hasher.update(data)
-        write_all(out_fd, data)
-
-
-def build_verified(
-    sock: socket.socket,
-    reader: Buffer,
-    channel: Channel | None,
-    name: str,
-    sha256: str,
-    wanted: ChunkList,
-    steps: Sequence[Step],
-    old_fd: int,
-    out_fd: int,
+    hasher: Any | None,
     watchdog: Watchdog,
     limiter: RateLimiter | None = None,
 ) -> bool:
-    """`build` for a chunk list the directory vouches for (its id is the one the
-    version was listed with): local bytes are copied in the kernel, and instead
-    of one SHA-256 over the whole file, every chunk is checked against the
-    list (fetched ones before they are written, copied ones read back from
-    `out_fd` afterwards, in parallel). Whether every chunk is the listed one."""
+    """Write the new version to `out_fd` step by step (fetched runs within
+    `limiter`'s rate, if there is one); whether every chunk is the listed one.
+
+    With a `hasher`, every byte written goes through it in order, for the caller
+    to check the whole file against the version's SHA-256. Without one (a list
+    the directory vouches for: its id is the one the version was listed with),
+    local bytes are copied in the kernel and the copied chunks are read back
+    from `out_fd` and checked against the list afterwards, in parallel. Fetched
+    chunks are checked before they are written either way."""
     runs = _Runs(sock, channel, name, sha256, [step for step in steps if step.source is None])
     for step in steps:
         if step.source is not None:
-            copy_between(old_fd, step.source_offset, out_fd, step.offset, step.length)
+            if hasher is None:
+                copy_between(old_fd, step.source_offset, out_fd, step.offset, step.length)
+                os.lseek(out_fd, step.offset + step.length, os.SEEK_SET)  # the progress display reads it
+            else:
+                _copy(old_fd, out_fd, step, hasher)
             continue
         data = _receive_run(sock, reader, channel, name, step, watchdog, limiter)
         runs.received()
         _check(data, wanted, step, name)
-        view, at = memoryview(data), 0
-        while at < len(data):
-            at += os.pwrite(out_fd, view[at:], step.offset + at)
-        os.lseek(out_fd, step.offset + step.length, os.SEEK_SET)  # the progress display reads the position
+        if hasher is not None:
+            hasher.update(data)
+        os.lseek(out_fd, step.offset, os.SEEK_SET)
+        write_all(out_fd, data)
+    if hasher is not None:
+        return True  # the caller checks the whole file's hash
     return verify_chunks(out_fd, wanted, [(s.first, s.count) for s in steps if s.source is not None])
 
 

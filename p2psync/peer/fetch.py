@@ -193,21 +193,16 @@ class Fetcher:
             sock.settimeout(RECV_TIMEOUT_S)
             part = stack.enter_context(self.folder.partial(name, entry.sha256, False, expect))
             part.reserve(size)
+            hasher = None if vouched else new_hasher(size)
+            if isinstance(hasher, BackgroundHasher):
+                stack.callback(hasher.close)
             with self.events.transfer(name, size, part.fd):
-                if vouched:
-                    whole = delta.build_verified(
-                        sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd,
-                        watchdog=self.watchdog, limiter=self.limiter,
-                    )  # fmt: skip
-                else:
-                    hasher = new_hasher(size)
-                    if isinstance(hasher, BackgroundHasher):
-                        stack.callback(hasher.close)
-                    delta.build(
-                        sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher,
-                        watchdog=self.watchdog, limiter=self.limiter,
-                    )  # fmt: skip
-                    whole = hasher.hexdigest() == entry.sha256
+                whole = delta.build(
+                    sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher,
+                    watchdog=self.watchdog, limiter=self.limiter,
+                )  # fmt: skip
+            if hasher is not None:
+                whole = hasher.hexdigest() == entry.sha256
             if not whole:  # the old version changed while it was read
                 log.info("%s: the file built from chunks is not the listed version; fetching it whole", name)
                 return None
