@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+from collections.abc import Sequence
 
 from p2psync._core import Chunker
 from p2psync.errors import TransferError
@@ -21,7 +22,7 @@ from p2psync.protocol.chunks import ChunkList
 
 from .hashing import BackgroundHasher
 
-__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_fd", "hash_and_cut", "hash_chunks", "verify_chunks"]
+__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_digests", "chunk_fd", "hash_and_cut", "verify_chunks"]
 
 READ_BYTES = 8 * 1024 * 1024  # a read of the file
 HASH_BATCH_BYTES = 4 * 1024 * 1024  # a hashing task: whole chunks, at least this many bytes
@@ -37,20 +38,13 @@ def _hashers() -> concurrent.futures.ThreadPoolExecutor:
     return _pool
 
 
-def _digests(data: bytes, lengths: list[int]) -> list[bytes]:
+def chunk_digests(data: bytes, lengths: Sequence[int]) -> list[bytes]:
+    """The SHA-256 of each of the chunks `data` holds back to back, `lengths` long."""
     view, at, out = memoryview(data), 0, []
     for length in lengths:
         out.append(hashlib.sha256(view[at : at + length]).digest())
         at += length
     return out
-
-
-def hash_chunks(
-    batches: list[tuple[bytes, list[int]]],
-) -> list[concurrent.futures.Future[list[bytes]]]:
-    """Start hashing each `(bytes, chunk lengths)` batch on the pool."""
-    pool = _hashers()
-    return [pool.submit(_digests, data, lengths) for data, lengths in batches]
 
 
 def hash_and_cut(fd: int, size: int) -> tuple[str, ChunkList]:
@@ -78,7 +72,7 @@ def chunk_fd(fd: int, size: int, whole: BackgroundHasher | None = None) -> Chunk
 
     def hand_over() -> None:
         nonlocal batch, batch_bytes
-        futures.extend(hash_chunks([(bytes(pending[:batch_bytes]), batch)]))
+        futures.append(_hashers().submit(chunk_digests, bytes(pending[:batch_bytes]), batch))
         del pending[:batch_bytes]
         batch, batch_bytes = [], 0
 
@@ -107,7 +101,7 @@ def chunk_fd(fd: int, size: int, whole: BackgroundHasher | None = None) -> Chunk
 
 def _verify(fd: int, offset: int, lengths: list[int], digests: list[bytes]) -> bool:
     data = os.pread(fd, sum(lengths), offset)
-    return _digests(data, lengths) == digests if len(data) == sum(lengths) else False
+    return chunk_digests(data, lengths) == digests if len(data) == sum(lengths) else False
 
 
 def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> bool:

@@ -14,7 +14,7 @@ the caller installs it."""
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import os
 import socket
 from collections.abc import Sequence
@@ -22,7 +22,7 @@ from typing import Any
 
 from p2psync.deadlines import Watchdog
 from p2psync.errors import TransferError
-from p2psync.local.chunks import verify_chunks
+from p2psync.local.chunks import chunk_digests, verify_chunks
 from p2psync.local.fileops import copy_between, write_all
 from p2psync.protocol import decode_reply, encode_request
 from p2psync.protocol.auth import Channel
@@ -139,11 +139,9 @@ def _copy(old_fd: int, out_fd: int, step: Step, hasher: Any) -> None:
 
 
 def _check(data: bytes, wanted: ChunkList, step: Step, name: str) -> None:
-    view, at = memoryview(data), 0
-    for i in range(step.first, step.first + step.count):
-        length = wanted.lengths[i]
-        if hashlib.sha256(view[at : at + length]).digest() != wanted.digests[i]:
-            raise BadChunk(
-                f"{name}: chunk {i} (bytes {step.offset + at}-{step.offset + at + length}) is not the listed one"
-            )
-        at += length
+    lengths = wanted.lengths[step.first : step.first + step.count]
+    got = chunk_digests(data, lengths)
+    for i, (digest, at) in enumerate(zip(got, itertools.accumulate(lengths, initial=0), strict=False)):
+        if digest != wanted.digests[step.first + i]:
+            start = step.offset + at
+            raise BadChunk(f"{name}: chunk {step.first + i} (bytes {start}-{start + lengths[i]}) is not the listed one")
