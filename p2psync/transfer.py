@@ -25,6 +25,7 @@ from ._core import (
     send_from_file,
 )
 from .errors import TransferError
+from .local.fileops import write_all
 from .protocol import decode_reply, encode_header, encode_request
 from .ratelimit import RateLimiter
 from .tls import kernel_sends
@@ -164,9 +165,7 @@ def receive_body(
 
 
 def _write_and_hash(fd: int, data: memoryview, hasher: Hasher | None) -> None:
-    view = data
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, data)
     if hasher is not None:
         hasher.update(data)
 

@@ -41,7 +41,7 @@ def sync_mode(mode: int | None) -> int:
     return DEFAULT_MODE if mode is None else mode & MODE_BITS
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     with memoryview(data) as view:
         while view:
             view = view[os.write(fd, view) :]
