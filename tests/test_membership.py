@@ -161,6 +161,13 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def plant(folder: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (relative path -> bytes) into `folder`, making subfolders."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
 def refused(sock: socket.socket) -> bytes:
     """Everything the other side sends before it closes (a refusal is one line, then the close)."""
     sock.settimeout(10)
@@ -175,9 +182,7 @@ def test_members_sync_small_and_large_files(tmp_path: Path, keyed, engine) -> No
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     files = {f"docs/{i}.txt": os.urandom(3000) for i in range(40)} | {"big.bin": os.urandom(3 << 20)}
-    for name, data in files.items():
-        (a / name).parent.mkdir(parents=True, exist_ok=True)
-        (a / name).write_bytes(data)
+    plant(a, files)
     tracker = keyed()
     member(engine, a, tracker.port)
     member(engine, b, tracker.port)

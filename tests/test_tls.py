@@ -26,7 +26,7 @@ from p2psync.protocol.auth import REFUSAL, ClientHandshake, new_key
 from p2psync.transfer import Buffer, receive_body, request
 
 from .loopback import LOOPBACK, Relay, in_thread, wait_until
-from .test_membership import refused, tree
+from .test_membership import plant, refused, tree
 
 KEY = new_key()
 
@@ -97,9 +97,7 @@ def test_members_sync_over_tls_and_the_tracker_line_is_unreadable(tmp_path: Path
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     files = {f"docs/note-{i}.txt": os.urandom(3000) for i in range(30)} | {"big-archive.bin": os.urandom(3 << 20)}
-    for name, data in files.items():
-        (a / name).parent.mkdir(parents=True, exist_ok=True)
-        (a / name).write_bytes(data)
+    plant(a, files)
     tracker = tls_tracker()
     relay = Relay((LOOPBACK, tracker.port))  # records the tracker lines of both members
     try:
