@@ -100,6 +100,22 @@ def rsync_daemon(tree: Path, conf_dir: Path) -> Iterator[int]:
         daemon.wait(10)
 
 
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A throwaway `redis-server` on 127.0.0.1 (no persistence); its port."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: listening(port), 10, "redis-server to start")
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def raise_open_files(wanted: int) -> None:
     """Let this process hold `wanted` descriptors (both ends of many connections), as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from bench_support import free_port, listening, raise_open_files, tracker_process, wait_until
+from bench_support import raise_open_files, redis_server, tracker_process, wait_until
 from test_tracker_load import CLIENTS, FILES_PER_PEER, PEERS, _keepalive_rate, _read_line
 
 ROUNDS = 3
@@ -28,17 +28,8 @@ CHANGES = 200
 def redis_url() -> Iterator[str]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server): nothing to share through")
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: listening(port), 10, "redis-server")
+    with redis_server() as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def _tracker(state: str | None) -> tuple[subprocess.Popen[bytes], int]:

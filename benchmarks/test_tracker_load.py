@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from bench_support import free_port, listening, raise_open_files, tracker_process, wait_until
+from bench_support import raise_open_files, redis_server, tracker_process
 
 PEERS = 1000
 FILES_PER_PEER = 10
@@ -68,13 +68,7 @@ def _keepalive_rate(port: int) -> tuple[float, int]:
 def _redis_get_rate(size: int) -> float | None:
     if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
         return None
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: listening(port), 10, "redis-server to start")
+    with redis_server() as port:
         out = subprocess.run(
             [
                 "redis-benchmark",
@@ -99,9 +93,6 @@ def _redis_get_rate(size: int) -> float | None:
             if cells[0] == "GET":
                 return float(cells[1])
         raise AssertionError(f"no GET line in redis-benchmark output: {out}")
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_keepalive_round_trips(benchmark, capsys) -> None:
