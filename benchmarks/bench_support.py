@@ -152,6 +152,19 @@ def p2psync_holder(source: Path, *extra: str) -> Iterator[int]:
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def p2psync_peer(folder: Path, tracker_port: int, *extra: str) -> Iterator[None]:
+    """`p2psync sync FOLDER` against that tracker (and `extra` flags), running until the block ends."""
+    args = [sys.executable, "-m", "p2psync.cli", "sync", str(folder), "--port", "0"]
+    args += ["--tracker", f"127.0.0.1:{tracker_port}", "--no-progress", "-q", *extra]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 _SUMMARY = re.compile(r"round: \d+ fetched \(([\d.]+) (KiB|MiB|GiB) in ([\d.]+) s")
 
 

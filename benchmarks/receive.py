@@ -1,6 +1,7 @@
 """One timed receive in a fresh process, for benchmarks; prints `seconds extra_rss_mib backend`.
 
-    receive.py p2psync DEST_DIR NAME PORT MTIME SIZE SHA256|-   the real syncfile path
+    receive.py p2psync DEST_DIR NAME PORT MTIME SIZE SHA256|- [LIST_ID]   the real syncfile path
+                                     (with LIST_ID, the version's chunk list id: a chunked fetch)
     receive.py raw DEST_FILE PORT                               recv_into + write, 1 MiB buffer
 
 The process measures itself, so interpreter start-up is not timed, and its
@@ -40,7 +41,9 @@ def _peak_mib() -> float:
     return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def p2psync(dest: str, name: str, port: str, mtime: str, size: str, digest: str) -> tuple[float, float]:
+def p2psync(
+    dest: str, name: str, port: str, mtime: str, size: str, digest: str, list_id: str = ""
+) -> tuple[float, float]:
     from p2psync.peer import FileSynchronizer
 
     os.chdir(dest)
@@ -48,6 +51,8 @@ def p2psync(dest: str, name: str, port: str, mtime: str, size: str, digest: str)
     info = {"ip": "127.0.0.1", "port": int(port), "mtime": int(mtime), "size": int(size)}
     if digest != "-":
         info["sha256"] = digest
+    if list_id:
+        info["chunks"] = list_id
     before = _mark()
     began = time.perf_counter()
     if not peer.syncfile(name, info):

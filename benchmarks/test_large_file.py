@@ -6,6 +6,9 @@ rotating order within each round:
   (`holder.py`), verifying the advertised SHA-256 while receiving;
 - `p2psync-twin`: the same on the pure-Python twin (`P2PSYNC_NO_EXTENSIONS=1`);
 - `p2psync-classic`: the same without a hash (what a classic holder gets);
+- `p2psync-chunked`: the same with the version's chunk list id, as the
+  directory lists a large file of a p2psync holder: fetched as runs of
+  chunks, each run checked chunk by chunk on the hashing pool (issue 14 (c));
 - `raw`: `sendfile` -> `recv_into` + `write` through a 1 MiB buffer, no protocol;
 - `curl`: `curl -o` from nginx serving the same file (skipped, with a message,
   when nginx or curl is not installed: apt-get install nginx-light curl).
@@ -27,6 +30,7 @@ from pathlib import Path
 import pytest
 from bench_support import MiB, free_port, listening, sendfile_server, wait_until, write_source
 
+from p2psync.local.chunks import chunk_fd
 from p2psync.transfer import BACKEND
 
 HERE = Path(__file__).parent
@@ -40,12 +44,17 @@ def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     folder = tmp_path_factory.mktemp("large-src")
     path = folder / "large.bin"
     digest = write_source(path, size)
-    yield folder, path, size, digest
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        list_id = chunk_fd(fd, size).list_id()  # what the holder reports for it
+    finally:
+        os.close(fd)
+    yield folder, path, size, digest, list_id
 
 
 @pytest.fixture(scope="module")
 def servers(source: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    folder, path, _, _ = source
+    folder, path, _, _, _ = source
     procs: list = []
     ports: dict[str, int | None] = {}
     holder = subprocess.Popen([sys.executable, str(HERE / "holder.py"), str(folder)], stdout=subprocess.PIPE, text=True)
@@ -82,7 +91,7 @@ def servers(source: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _receive(how: str, ports: dict, source: tuple, dest: Path) -> tuple[float, float]:
-    _, path, size, digest = source
+    _, path, size, digest, list_id = source
     if how == "curl":
         began = time.perf_counter()
         subprocess.run(
@@ -101,6 +110,7 @@ def _receive(how: str, ports: dict, source: tuple, dest: Path) -> tuple[float, f
             mtime,
             str(size),
             "-" if how == "p2psync-classic" else digest,
+            list_id if how == "p2psync-chunked" else "",
         ]
     env = dict(os.environ, P2PSYNC_NO_EXTENSIONS="1" if how == "p2psync-twin" else "0")
     out = subprocess.run(
@@ -114,7 +124,8 @@ def _receive(how: str, ports: dict, source: tuple, dest: Path) -> tuple[float, f
 
 def test_large_file_peer_to_peer(benchmark, source: tuple, servers: dict, tmp_path: Path, capsys) -> None:
     size = source[2]
-    receivers = ["p2psync", "p2psync-twin", "p2psync-classic", "raw"] + (["curl"] if servers["nginx"] else [])
+    receivers = ["p2psync", "p2psync-chunked", "p2psync-twin", "p2psync-classic", "raw"]
+    receivers += ["curl"] if servers["nginx"] else []
     times: dict[str, list[float]] = {how: [] for how in receivers}
     rss: dict[str, list[float]] = {how: [] for how in receivers}
 

@@ -101,11 +101,14 @@ class TransferView:
 class Transfer:
     """One large download in flight; `done()` reads how far it got."""
 
-    def __init__(self, path: str, total: int, fd: int, start: int) -> None:
+    def __init__(self, path: str, total: int, fd: int, start: int, progress: Callable[[], int] | None) -> None:
         self.path, self.total, self._fd, self._start = path, total, fd, start
+        self._progress = progress  # written out of order (a chunked fetch): how far, counted by the writer
         self.started = time.monotonic()
 
     def done(self) -> int:
+        if self._progress is not None:
+            return self._progress()
         try:
             return max(0, os.lseek(self._fd, 0, os.SEEK_CUR) - self._start)
         except OSError:
@@ -177,11 +180,14 @@ class Events:
             listener(summary)
 
     @contextlib.contextmanager
-    def transfer(self, path: str, total: int, fd: int, start: int = 0) -> Iterator[None]:
-        """Show a download of `total` bytes into `fd` (positioned at `start`) while the
-        block runs. The block must end before `fd` is closed: sampling holds the
-        lock, so a closed (and perhaps reused) descriptor is never read."""
-        item = Transfer(path, total, fd, start)
+    def transfer(
+        self, path: str, total: int, fd: int, start: int = 0, progress: Callable[[], int] | None = None
+    ) -> Iterator[None]:
+        """Show a download of `total` bytes into `fd` (positioned at `start`, or counted
+        by `progress`) while the block runs. The block must end before `fd` is
+        closed: sampling holds the lock, so a closed (and perhaps reused)
+        descriptor is never read."""
+        item = Transfer(path, total, fd, start, progress)
         with self._lock:
             self._transfers[id(item)] = item
         try:

@@ -42,6 +42,7 @@ __all__ = [
     "link_new_files",
     "receive_body",
     "recv_body",
+    "recv_into_exact",
     "recv_to_file",
     "send_from_file",
     "request",
@@ -275,3 +276,25 @@ def recv_body(sock: socket.socket, reader: Buffer, nbytes: int) -> bytes:
         parts.append(chunk)
         done += len(chunk)
     return b"".join(parts)
+
+
+def recv_into_exact(sock: socket.socket, reader: Buffer, view: memoryview) -> None:
+    """Fill `view` with the bytes that follow a header (those already in `reader`
+    first): a large body into a buffer the caller reuses, never a new allocation.
+
+    Raises `TransferError` if the stream ends early, times out or fails.
+    """
+    nbytes = len(view)
+    head = reader.take(nbytes)
+    done = len(head)
+    view[:done] = head
+    while done < nbytes:
+        try:
+            got = sock.recv_into(view[done:])
+        except TimeoutError:
+            raise TransferError(f"timed out after {done} of {nbytes} bytes") from None
+        except OSError as exc:
+            raise TransferError(f"receive failed after {done} of {nbytes} bytes: {exc.strerror or exc}") from None
+        if not got:
+            raise TransferError(f"connection closed after {done} of {nbytes} bytes")
+        done += got

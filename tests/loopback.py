@@ -108,7 +108,14 @@ class Relay:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def cut(self) -> None:
+        """End the connections relayed so far, as a vanished holder would (the relay still accepts new ones)."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv; a close alone would not
+
     def close(self) -> None:
         self._listener.close()
+        self.cut()
         for sock in self._sockets:
             sock.close()

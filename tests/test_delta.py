@@ -12,6 +12,7 @@ import itertools
 import os
 import random
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from p2psync.peer.fetch import DELTA_MIN_BYTES, Fetcher
 from p2psync.protocol import DirectoryEntry, decode_request, encode_request
 from p2psync.protocol.chunks import ENTRY_BYTES, ChunkList, decode_chunk_list
 from p2psync.sync.delta import RUN_MAX_BYTES, plan_delta
+from p2psync.transfer import transfer_deadline
 
 from .loopback import LOOPBACK, Relay, wait_until
 
@@ -111,6 +113,10 @@ def test_a_plan_builds_exactly_the_wanted_version(data: st.DataObject) -> None:
 def _edited(data: bytes, at: float, insert: bytes) -> bytes:
     cut = int(len(data) * at)
     return data[:cut] + insert + data[cut:]
+
+
+def _fetched(events: list[Event], name: str) -> bool:
+    return any(event.kind is Kind.FETCHED and event.path == name for event in events)
 
 
 def _delta_note(events: list[Event], name: str) -> tuple[float, float] | None:
@@ -236,10 +242,126 @@ def test_a_list_the_directory_vouches_for_checks_every_chunk(tmp_path: Path, rec
     new = _edited(old, 0.3, os.urandom(200_000))
     _, entry = _holder(tmp_path, engine, start_tracker, new)
     wrong = dataclasses.replace(entry, chunks="0" * 64)  # the directory names another list: the holder's is refused
-    assert not fetcher.fetch("big.bin", wrong)
-    assert (tmp_path / "dst" / "big.bin").read_bytes() == old
-    assert [e.kind for e in seen] == [Kind.FAILED]
+    assert fetcher.fetch("big.bin", wrong)  # ... and the file comes whole, checked by its SHA-256 alone
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == new
+    assert [e.kind for e in seen] == [Kind.FETCHED] and "delta" not in seen[-1].detail
+    assert fetcher.folder.list_id(entry.sha256) is None  # that list is never kept
+    (tmp_path / "dst" / "big.bin").write_bytes(old)
     assert fetcher.fetch("big.bin", _vouched(entry, new, twin_chunk_lengths))
     assert (tmp_path / "dst" / "big.bin").read_bytes() == new
     assert "delta" in seen[-1].detail
     assert fetcher.folder.list_id(entry.sha256) is not None  # kept: this version is never cut here
+
+
+# ------------------------------------------------------------ several holders
+
+
+@pytest.fixture
+def empty_receiver(tmp_path: Path):
+    """A fetcher into an empty `tmp_path/dst`, and the events it emits."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    folder = Folder(dst)
+    watchdog, events, seen = Watchdog(), Events(), []
+    events.subscribe(seen.append)
+    yield Fetcher(folder, watchdog, (LOOPBACK, 1), events=events), seen
+    watchdog.close()
+    folder.close()
+
+
+def _holders(tmp_path: Path, engine, start_tracker, data: bytes, count: int):
+    """`count` p2psync peers holding `data` as big.bin, and its vouched entry (no sources yet)."""
+    tracker = start_tracker()
+    peers = []
+    for i in range(count):
+        src = tmp_path / f"src{i}"
+        src.mkdir()
+        (src / "big.bin").write_bytes(data)
+        peers.append(engine(src, tracker.port))
+    for peer in peers:
+        wait_until(lambda peer=peer: peer.last_round is not None, 20, "a holder's first round")
+    newer = int(time.time()) + 3600
+    entry = DirectoryEntry(LOOPBACK, peers[0].port, newer, len(data), hashlib.sha256(data).hexdigest())
+    return peers, _vouched(entry, data, twin_chunk_lengths)
+
+
+def _runs_sent(relay: Relay) -> int:
+    """How many range requests went up through `relay`."""
+    return bytes(relay.up).count(b"\x00length=")
+
+
+@pytest.mark.usefixtures("backend")
+def test_one_file_comes_from_every_holder_at_once(tmp_path: Path, empty_receiver, engine, start_tracker) -> None:
+    fetcher, seen = empty_receiver
+    data = os.urandom(6 * RUN_MAX_BYTES + 12345)
+    peers, entry = _holders(tmp_path, engine, start_tracker, data, 2)
+
+    def slowly(direction: str, offset: int, chunk: bytes) -> bytes:
+        time.sleep(0.002)  # both ~30 MB/s: a run takes ~0.1 s, so each holder delivers some
+        return chunk
+
+    one, two = Relay((LOOPBACK, peers[0].port), slowly), Relay((LOOPBACK, peers[1].port), slowly)
+    try:
+        entry = dataclasses.replace(entry, port=one.port, sources=((LOOPBACK, one.port), (LOOPBACK, two.port)))
+        assert fetcher.fetch("big.bin", entry)
+    finally:
+        one.close()
+        two.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+    assert len(one.down) + len(two.down) < 1.5 * len(data)  # each run once, but for endgame copies
+    (fetched,) = [e for e in seen if e.kind is Kind.FETCHED]
+    delivered = re.findall(r"127\.0\.0\.1:(\d+) \((\d+) runs\)", fetched.detail)
+    assert {int(port) for port, _ in delivered} == {one.port, two.port}, fetched.detail
+    assert "delta" not in fetched.detail
+    assert fetcher.folder.list_id(entry.sha256) == entry.chunks  # kept: the next scan does not cut it
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_holder_that_stalls_is_left_behind(tmp_path: Path, empty_receiver, engine, start_tracker) -> None:
+    fetcher, _ = empty_receiver
+    data = os.urandom(4 * RUN_MAX_BYTES)
+    peers, entry = _holders(tmp_path, engine, start_tracker, data, 2)
+    release = threading.Event()
+
+    def stall(direction: str, offset: int, chunk: bytes) -> bytes:
+        if direction == "down" and offset > RUN_MAX_BYTES:
+            release.wait(120)  # sends nothing more, holds the connection open
+        return chunk
+
+    stuck, fine = Relay((LOOPBACK, peers[0].port), stall), Relay((LOOPBACK, peers[1].port))
+    done = threading.Event()
+    try:
+        entry = dataclasses.replace(entry, port=stuck.port, sources=((LOOPBACK, stuck.port), (LOOPBACK, fine.port)))
+        threading.Thread(target=lambda: fetcher.fetch("big.bin", entry) and done.set(), daemon=True).start()
+        # The endgame asks the other holder for the stalled runs, and the build ends
+        # when they are in: far sooner than the stalled transfer's own deadline.
+        wait_until(done.is_set, transfer_deadline(RUN_MAX_BYTES) / 2, "the file, without the stalled holder")
+    finally:
+        release.set()
+        stuck.close()
+        fine.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+
+
+@pytest.mark.usefixtures("backend")
+def test_an_interrupted_chunked_fetch_resumes_from_what_it_checked(
+    tmp_path: Path, empty_receiver, engine, start_tracker
+) -> None:
+    fetcher, _ = empty_receiver
+    data = os.urandom(6 * RUN_MAX_BYTES)
+    peers, entry = _holders(tmp_path, engine, start_tracker, data, 1)
+    cut = threading.Event()
+
+    def break_once(direction: str, offset: int, chunk: bytes) -> bytes:
+        if direction == "down" and offset > 2.5 * RUN_MAX_BYTES and not cut.is_set():
+            cut.set()
+            relay.cut()  # the holder vanishes mid-file
+        return chunk
+
+    relay = Relay((LOOPBACK, peers[0].port), break_once)
+    try:  # the chunked fetch fails; what it checked is kept, and the whole fetch resumes after it
+        assert fetcher.fetch("big.bin", dataclasses.replace(entry, port=relay.port))
+    finally:
+        relay.close()
+    assert cut.is_set() and (tmp_path / "dst" / "big.bin").read_bytes() == data
+    assert len(relay.down) < len(data) + RUN_MAX_BYTES  # not the 2.5 runs sent before the cut again, plus the file

@@ -22,7 +22,15 @@ from p2psync.protocol.chunks import ChunkList
 
 from .hashing import BackgroundHasher
 
-__all__ = ["HASH_BATCH_BYTES", "HASH_WORKERS", "chunk_digests", "chunk_fd", "hash_and_cut", "verify_chunks"]
+__all__ = [
+    "HASH_BATCH_BYTES",
+    "HASH_WORKERS",
+    "chunk_digests",
+    "chunk_fd",
+    "hash_and_cut",
+    "hashing_pool",
+    "verify_chunks",
+]
 
 READ_BYTES = 8 * 1024 * 1024  # a read of the file
 HASH_BATCH_BYTES = 4 * 1024 * 1024  # a hashing task: whole chunks, at least this many bytes
@@ -31,14 +39,14 @@ HASH_WORKERS = min(4, os.cpu_count() or 1)
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _hashers() -> concurrent.futures.ThreadPoolExecutor:
+def hashing_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool  # one pool for the process, made on first use, its threads reused
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="p2psync-hash")
     return _pool
 
 
-def chunk_digests(data: bytes, lengths: Sequence[int]) -> list[bytes]:
+def chunk_digests(data: bytes | memoryview, lengths: Sequence[int]) -> list[bytes]:
     """The SHA-256 of each of the chunks `data` holds back to back, `lengths` long."""
     view, at, out = memoryview(data), 0, []
     for length in lengths:
@@ -72,7 +80,7 @@ def chunk_fd(fd: int, size: int, whole: BackgroundHasher | None = None) -> Chunk
 
     def hand_over() -> None:
         nonlocal batch, batch_bytes
-        futures.append(_hashers().submit(chunk_digests, bytes(pending[:batch_bytes]), batch))
+        futures.append(hashing_pool().submit(chunk_digests, bytes(pending[:batch_bytes]), batch))
         del pending[:batch_bytes]
         batch, batch_bytes = [], 0
 
@@ -109,7 +117,7 @@ def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> b
     `(first, count)` in `which`, are in `fd` where the list puts them: read and
     hashed on the pool, at least `HASH_BATCH_BYTES` per task."""
     offsets = chunks.offsets()
-    pool = _hashers()
+    pool = hashing_pool()
     futures = []
     for first, count in which:
         i, end = first, first + count

@@ -11,16 +11,18 @@ under the real name is the old good one or the new verified one.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from p2psync.chunking import DELTA_MIN_BYTES
@@ -28,14 +30,16 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
 from p2psync.events import Events, Kind, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
+from p2psync.local.chunks import verify_chunks
+from p2psync.local.fileops import hash_fd
 from p2psync.local.hashing import BackgroundHasher, new_hasher
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake, wrap_client
 from p2psync.peer import delta
 from p2psync.protocol import DirectoryEntry, decode_reply, encode_request
 from p2psync.protocol.auth import Channel
-from p2psync.protocol.chunks import decode_chunk_list, max_list_bytes
+from p2psync.protocol.chunks import ChunkList, decode_chunk_list, max_list_bytes
 from p2psync.ratelimit import RateLimiter
-from p2psync.sync.delta import plan_delta
+from p2psync.sync.delta import Step, plan_delta
 from p2psync.transfer import HEADER_MAX_BYTES, Buffer, receive_body, recv_body, request, transfer_deadline
 
 __all__ = ["CONNECT_TIMEOUT_S", "DELTA_MIN_BYTES", "HEADER_TIMEOUT_S", "Fetcher"]
@@ -50,6 +54,20 @@ PIPELINE_DEPTH = 64  # requests in flight on one kept-open connection ...
 PIPELINE_BATCH = 32  # ... sent in batches of this many files ...
 PIPELINE_BATCH_BYTES = 4 << 20  # ... and at most this many bytes (a batch is received into memory)
 RESUME_MIN_BYTES = 1 << 20  # smaller downloads are refetched whole rather than kept for a resume
+MAX_HOLDERS = 8  # a chunked fetch takes runs from at most this many holders at once
+
+
+def _how(links: Sequence[delta.Link], fetched: int, steps: Sequence[Step]) -> str:
+    """What a chunked fetch says it did: from which holders, and what it reused."""
+    used = [link for link in links if link.delivered] or links[:1]
+    if len(used) == 1:
+        how = "from {}:{}".format(*used[0].holder)
+    else:
+        how = "from " + ", ".join(f"{ip}:{port} ({link.delivered} runs)" for link in used for ip, port in [link.holder])
+    reused = sum(step.length for step in steps if step.source is not None)
+    if reused:
+        how += f", as a delta: {size_text(fetched)} fetched, {size_text(reused)} reused"
+    return how
 
 
 class _ResumeRefused(Refused):
@@ -84,26 +102,29 @@ class Fetcher:
         self._aborted = False
 
     def fetch(self, name: str, entry: DirectoryEntry, expect: Any = ANY) -> bool:
-        """Fetch `name` at `entry`'s version from its holders in turn; whether it was
-        installed. `expect`: what the install may replace (see `files.Install`)."""
+        """Fetch `name` at `entry`'s version; whether it was installed. A large
+        version is built from chunks, from every holder at once (`_fetch_chunked`);
+        otherwise, or if that fails, holders are tried in turn for the whole file.
+        `expect`: what the install may replace (see `files.Install`)."""
         failure = "no holder but this peer"
         if self._group_key is not None and entry.sha256 is None:
             self.events.emit(Kind.FAILED, name, entry.size or 0, "no SHA-256 listed: members take only verified files")
             return False
+        chunked = self._fetch_chunked(name, entry, expect)
+        if chunked is not None:
+            installed, how = chunked
+            if installed:
+                self.events.emit(Kind.FETCHED, name, entry.size or 0, how)
+            return installed
         for ip, port in entry.holders():
             if self._is_me(ip, port):
                 continue
-            how = ""
             try:
-                delta = self._fetch_delta(name, entry, (ip, port), expect)
-                if delta is not None:
-                    installed, how = delta
-                else:
-                    try:
-                        installed = self._fetch_from(name, entry, ip, port, True, expect)
-                    except _ResumeRefused as exc:
-                        log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
-                        installed = self._fetch_from(name, entry, ip, port, False, expect)
+                try:
+                    installed = self._fetch_from(name, entry, ip, port, True, expect)
+                except _ResumeRefused as exc:
+                    log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
+                    installed = self._fetch_from(name, entry, ip, port, False, expect)
             except (P2PSyncError, OSError) as exc:
                 log.debug("fetching %s from %s:%d failed: %s", name, ip, port, exc)
                 failure = f"from {ip}:{port}: {exc}"
@@ -111,7 +132,7 @@ class Fetcher:
                     return False
                 continue  # this holder failed: try the next
             if installed:
-                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}{how}")
+                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}")
             return installed
         self.events.emit(Kind.FAILED, name, entry.size or 0, failure)
         return False
@@ -143,72 +164,153 @@ class Fetcher:
                     hasher.close()  # its thread ends with the transfer, whatever happened
             return self._install(part, entry, hasher)
 
-    def _fetch_delta(
-        self, name: str, entry: DirectoryEntry, holder: tuple[str, int], expect: Any
-    ) -> tuple[bool, str] | None:
-        """A changed large file built from its old version here, fetching only the
-        chunks that are new (peer/delta.py): whether it was installed, and a note
-        of what crossed the network. None when no delta applies (no old version
-        here, too small, mostly new, a holder too old for chunk lists, or the
-        old version changed meanwhile): the caller fetches the file whole.
-        Raises for a failed holder, `delta.BadChunk` included."""
+    def _fetch_chunked(self, name: str, entry: DirectoryEntry, expect: Any) -> tuple[bool, str] | None:
+        """A large version built from chunks (peer/delta.py): those the old version
+        here holds copied, the rest fetched from every holder of it at once and
+        checked chunk by chunk. Whether it was installed, and what to say about
+        how. None when this does not apply (small, no hash, a version the
+        directory lists without a chunk list and no old version to reuse, mostly
+        new bytes without a vouched list, holders too old for chunk lists) or
+        when it failed: the caller fetches the file whole, resuming what was
+        checked and kept here."""
         size = entry.size
         if entry.sha256 is None or size is None or size < DELTA_MIN_BYTES:
             return None
-        try:
-            old_fd, old_st = self.folder.open_for_serving(name)
-        except (OSError, UnsafeName):
+        holders = [holder for holder in entry.holders() if not self._is_me(*holder)]
+        if not holders:
             return None
+        vouched = entry.chunks is not None  # the directory names the list: its chunks check the whole file
         with contextlib.ExitStack() as stack:
-            stack.callback(os.close, old_fd)
-            if old_st.st_size < DELTA_MIN_BYTES:
+            old = self._old_version(name)
+            if old is not None:
+                stack.callback(os.close, old[0])
+            elif not vouched:
+                return None  # nothing to reuse and nothing to check chunks against: the plain stream
+            first = self._chunk_list(name, entry, holders, old, stack)
+            if first is None:
                 return None
-            sock = stack.enter_context(self._open(holder))
-            stack.enter_context(self._tracked(sock))
-            channel = self._shake(sock)
-            sock.settimeout(HEADER_TIMEOUT_S)
-            line = encode_request(name, 0, entry.sha256, keep_open=True, chunks=True)
-            sock.sendall(line if channel is None else channel.seal(line.rstrip(b"\n")))
-            held = self.folder.chunk_list(old_fd, old_st)  # cut here while the holder cuts its version
-            reader = Buffer(sock, 64 * 1024, HEADER_MAX_BYTES)
-            with self.watchdog.limit(sock, HEADER_TIMEOUT_S + transfer_deadline(size), f"the chunk list of {name}"):
-                header = reader.read_line()
-                try:
-                    length = decode_reply(header if channel is None else channel.open(header))
-                except Refused as exc:
-                    log.debug("%s: %s:%d sends no chunk list (%s); fetching it whole", name, *holder, exc)
-                    return None
-                if length > max_list_bytes(size):
-                    raise ProtocolError(f"a {length}-byte chunk list for a {size}-byte file")
-                if self.limiter is not None:
-                    self.limiter.take(length)
-                wanted = decode_chunk_list(recv_body(sock, reader, length), size)
-            steps = plan_delta(wanted, [held])
+            k, connection, wanted, held = first
+            steps = plan_delta(wanted, [held] if held is not None else [])
             missing = sum(step.length for step in steps if step.source is None)
-            if missing > size // 2:
+            if not vouched and missing > size // 2:
                 return None  # mostly new bytes: the whole file, resumable and zero copy, is as cheap
-            vouched = entry.chunks is not None  # the directory names this list: chunks check the whole file
-            if vouched and wanted.list_id() != entry.chunks:
-                raise delta.BadChunk(f"{name}: the holder's chunk list is not the one the directory names")
-            sock.settimeout(RECV_TIMEOUT_S)
-            part = stack.enter_context(self.folder.partial(name, entry.sha256, False, expect))
-            part.reserve(size)
-            hasher = None if vouched else new_hasher(size)
-            if isinstance(hasher, BackgroundHasher):
-                stack.callback(hasher.close)
-            with self.events.transfer(name, size, part.fd):
-                whole = delta.build(
-                    sock, reader, channel, name, entry.sha256, wanted, steps, old_fd, part.fd, hasher,
-                    watchdog=self.watchdog, limiter=self.limiter,
-                )  # fmt: skip
-            if hasher is not None:
-                whole = hasher.hexdigest() == entry.sha256
-            if not whole:  # the old version changed while it was read
+            part = stack.enter_context(self.folder.partial(name, entry.sha256, True, expect))
+            steps, kept = self._resumed(part, wanted, steps)
+            part.reserve(size - part.offset)
+            links = [delta.Link(holders[k], lambda _stack: connection)]
+            links += [delta.Link(h, self._connector(h)) for h in holders[:k] + holders[k + 1 :]]
+            build = delta.Build(name, entry.sha256, wanted, steps, part.fd, self.watchdog, self.limiter)
+            try:
+                with self.events.transfer(name, size, part.fd, progress=lambda: kept + build.progress()):
+                    build.run(links[:MAX_HOLDERS], old[0] if held is not None and old is not None else None)
+                checked = self._check_built(part.fd, entry, wanted, steps, vouched)
+            except (P2PSyncError, OSError) as exc:
+                log.info("%s: building it from chunks failed (%s); fetching the rest whole", name, exc)
+                return None
+            if not checked:
+                part.abandon()
                 log.info("%s: the file built from chunks is not the listed version; fetching it whole", name)
                 return None
             self.folder.keep_chunk_list(entry.sha256, wanted)  # this version is never cut here either
-            note = f", as a delta: {size_text(missing + length)} fetched, {size_text(size - missing)} reused"
-            return part.commit(entry.mtime, entry.mode, entry.vector), note
+            how = _how(links, build.fetched + len(wanted.encode()), steps)
+            return part.commit(entry.mtime, entry.mode, entry.vector), how
+
+    def _old_version(self, name: str) -> tuple[int, os.stat_result] | None:
+        """The file under `name` here, open, if it is large enough to reuse chunks of."""
+        try:
+            fd, st = self.folder.open_for_serving(name)
+        except (OSError, UnsafeName):
+            return None
+        if st.st_size < DELTA_MIN_BYTES:
+            os.close(fd)
+            return None
+        return fd, st
+
+    def _chunk_list(
+        self,
+        name: str,
+        entry: DirectoryEntry,
+        holders: Sequence[tuple[str, int]],
+        old: tuple[int, os.stat_result] | None,
+        stack: contextlib.ExitStack,
+    ) -> tuple[int, delta.Connection, ChunkList, ChunkList | None] | None:
+        """The version's chunk list from the first holder that gives the right one:
+        that holder's index, its open connection (closed with `stack`), the list,
+        and the old version's list (cut here while the holder answers; None
+        when there is no old version or it changed). None when no holder does."""
+        assert entry.sha256 is not None and entry.size is not None
+        held: ChunkList | None = None
+        for k, holder in enumerate(holders):
+            if self._aborted:
+                return None
+            connection = stack.enter_context(contextlib.ExitStack())
+            try:
+                sock, reader, channel = self._connector(holder)(connection)
+                sock.settimeout(HEADER_TIMEOUT_S)
+                line = encode_request(name, 0, entry.sha256, keep_open=True, chunks=True)
+                sock.sendall(line if channel is None else channel.seal(line.rstrip(b"\n")))
+                if old is not None and held is None:
+                    try:
+                        held = self.folder.chunk_list(*old)  # cut here while the holder cuts its version
+                    except (TransferError, OSError) as exc:
+                        log.info("%s: the old version changed while it was cut (%s); not reusing it", name, exc)
+                        old = None
+                limit = HEADER_TIMEOUT_S + transfer_deadline(entry.size)
+                with self.watchdog.limit(sock, limit, f"the chunk list of {name}"):
+                    header = reader.read_line()
+                    length = decode_reply(header if channel is None else channel.open(header))
+                    if length > max_list_bytes(entry.size):
+                        raise ProtocolError(f"a {length}-byte chunk list for a {entry.size}-byte file")
+                    if self.limiter is not None:
+                        self.limiter.take(length)
+                    wanted = decode_chunk_list(recv_body(sock, reader, length), entry.size)
+                if entry.chunks is not None and wanted.list_id() != entry.chunks:
+                    raise delta.BadChunk(f"{name}: the holder's chunk list is not the one the directory names")
+                sock.settimeout(RECV_TIMEOUT_S)
+                return k, (sock, reader, channel), wanted, held
+            except Refused as exc:
+                log.debug("%s: %s:%d sends no chunk list (%s)", name, *holder, exc)
+            except (P2PSyncError, OSError) as exc:
+                log.info("%s: no chunk list from %s:%d (%s)", name, *holder, exc)
+            connection.close()
+        return None
+
+    def _connector(self, holder: tuple[str, int]) -> Callable[[contextlib.ExitStack], delta.Connection]:
+        """How to open a kept-open connection to `holder`, its clean-up on a stack."""
+
+        def connect(stack: contextlib.ExitStack) -> delta.Connection:
+            sock = stack.enter_context(self._open(holder))
+            stack.enter_context(self._tracked(sock))
+            channel = self._shake(sock)
+            sock.settimeout(RECV_TIMEOUT_S)
+            return sock, Buffer(sock, 64 * 1024, HEADER_MAX_BYTES), channel
+
+        return connect
+
+    @staticmethod
+    def _resumed(part: PartialFile, wanted: ChunkList, steps: list[Step]) -> tuple[list[Step], int]:
+        """The steps still to take when a partial of this version was kept (its whole
+        chunks checked again first), and how many bytes it already holds."""
+        if not part.offset:
+            return steps, 0
+        ends = list(itertools.accumulate(wanted.lengths))
+        have = bisect.bisect_right(ends, part.offset)  # chunks wholly in what was kept
+        if not have or not verify_chunks(part.fd, wanted, [(0, have)]):
+            part.restart()
+            return steps, 0
+        kept = ends[have - 1]
+        log.info("%s: resuming, %s already here", part.name, size_text(kept))
+        return [step for step in steps if step.offset + step.length > kept], kept
+
+    @staticmethod
+    def _check_built(fd: int, entry: DirectoryEntry, wanted: ChunkList, steps: list[Step], vouched: bool) -> bool:
+        """Whether the built file is the version: fetched chunks were checked as they
+        came; with a vouched list, the copied ones are read back and checked on the
+        pool; else the whole file is hashed against the version's SHA-256."""
+        if vouched:
+            return verify_chunks(fd, wanted, [(s.first, s.count) for s in steps if s.source is not None])
+        os.lseek(fd, 0, os.SEEK_SET)
+        return hash_fd(fd) == entry.sha256
 
     def _open(self, holder: tuple[str, int]) -> socket.socket:
         """A connection to `holder` (a TLS one with `--tls`, its handshake still to do
