@@ -25,7 +25,10 @@ from p2psync.chunking import MAX_CHUNK, MIN_CHUNK
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ProtocolError
 from p2psync.events import Event, Events, Kind
+from p2psync.ignore import STATE_DIR
 from p2psync.local import Folder
+from p2psync.local.chunks import verified_prefix
+from p2psync.local.partial import PARTIAL_SUFFIX
 from p2psync.peer.fetch import DELTA_MIN_BYTES, Fetcher
 from p2psync.protocol import DirectoryEntry, decode_request, encode_request
 from p2psync.protocol.chunks import ENTRY_BYTES, ChunkList, decode_chunk_list
@@ -365,3 +368,72 @@ def test_an_interrupted_chunked_fetch_resumes_from_what_it_checked(
         relay.close()
     assert cut.is_set() and (tmp_path / "dst" / "big.bin").read_bytes() == data
     assert len(relay.down) < len(data) + RUN_MAX_BYTES  # not the 2.5 runs sent before the cut again, plus the file
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_new_file_reuses_the_chunks_of_another_file_here(tmp_path: Path, engine, start_tracker) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    old = os.urandom(DELTA_MIN_BYTES + (8 << 20))
+    (dst / "clone.bin").write_bytes(old)  # e.g. the disk image this one was cloned from
+    folder = Folder(dst, state=True)
+    folder.scan()  # an engine's folder: large files are cut at the scan
+    watchdog, events, seen = Watchdog(), Events(), []
+    events.subscribe(seen.append)
+    try:
+        fetcher = Fetcher(folder, watchdog, (LOOPBACK, 1), events=events)
+        new = _edited(old, 0.6, os.urandom(100_000))
+        _, entry = _holder(tmp_path, engine, start_tracker, new)
+        assert fetcher.fetch("big.bin", _vouched(entry, new, twin_chunk_lengths))
+        note = _delta_note(seen, "big.bin")
+    finally:
+        watchdog.close()
+        folder.close()
+    assert (dst / "big.bin").read_bytes() == new and (dst / "clone.bin").read_bytes() == old
+    assert note is not None, [e.detail for e in seen]
+    fetched_kib, reused_mib = note
+    assert fetched_kib < 1024 and reused_mib > 11
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_partial_left_by_a_killed_fetch_resumes_from_its_checked_part(
+    tmp_path: Path, empty_receiver, engine, start_tracker
+) -> None:
+    fetcher, _ = empty_receiver
+    data = os.urandom(6 * RUN_MAX_BYTES)
+    peers, entry = _holders(tmp_path, engine, start_tracker, data, 1)
+    state = tmp_path / "dst" / STATE_DIR
+    state.mkdir(exist_ok=True)
+    good = 2 * RUN_MAX_BYTES + 12345  # what a kill -9 left: some checked runs, then allocated zeros
+    (state / f"{entry.sha256}{PARTIAL_SUFFIX}").write_bytes(data[:good] + bytes(len(data) - good))
+    relay = Relay((LOOPBACK, peers[0].port))
+    try:
+        assert fetcher.fetch("big.bin", dataclasses.replace(entry, port=relay.port))
+    finally:
+        relay.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+    assert len(relay.down) < len(data) - RUN_MAX_BYTES  # the checked stretch was kept, the zeros were not
+    assert not (state / f"{entry.sha256}{PARTIAL_SUFFIX}").exists()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_the_verified_prefix_ends_at_the_first_bad_chunk(tmp_path_factory, data: st.DataObject) -> None:
+    lengths = data.draw(st.lists(st.integers(1, 3 << 20), min_size=1, max_size=12))
+    content = random.Random(data.draw(st.integers(0, 2**32))).randbytes(sum(lengths))
+    offsets = list(itertools.accumulate(lengths, initial=0))
+    digests = tuple(hashlib.sha256(content[a:b]).digest() for a, b in itertools.pairwise(offsets))
+    chunks = ChunkList(tuple(lengths), digests)
+    bad = data.draw(st.none() | st.integers(0, len(content) - 1))
+    kept = bytearray(content)
+    if bad is not None:
+        kept[bad] ^= 0xFF
+    path = tmp_path_factory.mktemp("prefix") / "partial"
+    path.write_bytes(kept)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = verified_prefix(fd, chunks, len(lengths))
+    finally:
+        os.close(fd)
+    expected = len(lengths) if bad is None else sum(1 for end in offsets[1:] if end <= bad)
+    assert got == expected

@@ -29,6 +29,7 @@ __all__ = [
     "chunk_fd",
     "hash_and_cut",
     "hashing_pool",
+    "verified_prefix",
     "verify_chunks",
 ]
 
@@ -129,3 +130,33 @@ def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> b
             futures.append(pool.submit(_verify, fd, offsets[i], list(chunks.lengths[i:j]), list(chunks.digests[i:j])))
             i = j
     return all(future.result() for future in futures)
+
+
+def verified_prefix(fd: int, chunks: ChunkList, count: int) -> int:
+    """How many of the first `count` chunks of `chunks` are in `fd` where the list
+    puts them, up to the first batch that is not: what a kept partial download
+    holds (one killed mid-write is whole checked stretches, then zeros or junk).
+    Batches of at least `HASH_BATCH_BYTES` are checked on the pool."""
+    offsets = chunks.offsets()
+    pool = hashing_pool()
+    batches = []
+    i = 0
+    while i < count:
+        j, nbytes = i, 0
+        while j < count and (nbytes < HASH_BATCH_BYTES or j == i):
+            nbytes += chunks.lengths[j]
+            j += 1
+        lengths, digests = list(chunks.lengths[i:j]), list(chunks.digests[i:j])
+        batches.append((i, j, pool.submit(_verify, fd, offsets[i], lengths, digests)))
+        i = j
+    good = 0
+    for start, end, future in batches:
+        if not future.result():  # the first bad batch: its good chunks, one by one
+            good = start
+            while good < end and _verify(fd, offsets[good], [chunks.lengths[good]], [chunks.digests[good]]):
+                good += 1
+            break
+        good = end
+    for *_, future in batches:
+        future.cancel()
+    return good

@@ -77,6 +77,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRASH_DIR = "trash"  # in STATE_DIR: files the network deleted, under their relative path
+CHUNK_SOURCES = 4  # other files a delta may copy chunks from
+CHUNK_CANDIDATES = 256  # large files whose lists are read to find them (each list: ~36 bytes a chunk)
 
 
 @dataclass(frozen=True)
@@ -503,6 +505,38 @@ class Folder:
         """The id of the chunk list of the version `sha256`, if it has one here."""
         with self._lock:
             return self._list_ids.get(sha256)
+
+    def chunk_sources(self, wanted: ChunkList, exclude: str, limit: int = CHUNK_SOURCES) -> list[tuple[int, ChunkList]]:
+        """Other large files here that hold chunks of `wanted`, open (the caller closes
+        them), with their lists: the `limit` sharing the most, of the first
+        `CHUNK_CANDIDATES` files with a kept list. A copy or an edited clone of
+        a file, a renamed and then changed one: each is a source of a delta."""
+        ids = set(wanted.digests)
+        with self._lock:
+            listed = set(self._list_ids)
+        candidates = [
+            (path, f)
+            for path, f in list(self._last.items())
+            if path != exclude and f.size >= DELTA_MIN_BYTES and f.sha256 in listed
+        ][:CHUNK_CANDIDATES]
+        scored = []
+        for path, f in candidates:
+            chunks = self.cached_chunk_list(f.sha256, f.size)
+            shared = sum(digest in ids for digest in chunks.digests) if chunks is not None else 0
+            if chunks is not None and shared:
+                scored.append((shared, path, f, chunks))
+        scored.sort(key=lambda item: -item[0])
+        opened: list[tuple[int, ChunkList]] = []
+        for _, path, f, chunks in scored[:limit]:
+            try:
+                fd = self._open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            except (OSError, UnsafeName):
+                continue
+            if file_key(os.fstat(fd)) != f.key:  # changed since its scan: its list is not its content
+                os.close(fd)
+                continue
+            opened.append((fd, chunks))
+        return opened
 
     def _cut_large(self, found: dict[str, LocalFile]) -> bool:
         """Give every large file its chunk list (once per version, kept in the index),

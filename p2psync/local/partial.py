@@ -79,11 +79,12 @@ class PartialFile:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
 
-    def restart(self) -> None:
-        """Throw away what was kept and start from byte 0."""
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.offset = 0
+    def restart(self, keep: int = 0) -> None:
+        """Throw away what was kept past its first `keep` bytes (by default all of
+        it) and go on from there."""
+        os.ftruncate(self.fd, keep)
+        os.lseek(self.fd, keep, os.SEEK_SET)
+        self.offset = keep
 
     def abandon(self) -> None:
         """These bytes are wrong (bad hash or size): delete them, never resume them."""

@@ -74,8 +74,8 @@ class Link:
 
 
 class Build:
-    """The new version written into `out_fd` from `steps`: copies from `old_fd`
-    (or none, when every step is fetched) and runs fetched from the links."""
+    """The new version written into `out_fd` from `steps`: copies from files here
+    (none, when every step is fetched) and runs fetched from the links."""
 
     def __init__(
         self,
@@ -106,10 +106,11 @@ class Build:
 
     # ------------------------------------------------------------- the caller
 
-    def run(self, links: Sequence[Link], old_fd: int | None) -> None:
-        """Copy the local steps from `old_fd` and fetch the runs from `links`, all
-        at once. Raises `TransferError` when some run could not be had from any
-        holder, or what stopped the writing."""
+    def run(self, links: Sequence[Link], sources: Sequence[int]) -> None:
+        """Copy the local steps from `sources` (the open files the plan's source
+        numbers name) and fetch the runs from `links`, all at once. Raises
+        `TransferError` when some run could not be had from any holder, or what
+        stopped the writing."""
         self._links = links
         threads = [
             threading.Thread(target=self._work, args=(link,), name=f"p2psync-run-{i}", daemon=True)
@@ -120,8 +121,7 @@ class Build:
         try:
             for i, step in enumerate(self.steps):
                 if step.source is not None:
-                    assert old_fd is not None, "a copy step needs the old version"
-                    copy_between(old_fd, step.source_offset, self.out_fd, step.offset, step.length)
+                    copy_between(sources[step.source], step.source_offset, self.out_fd, step.offset, step.length)
                     self._finish(i, step.length, fetched=False)
         except BaseException as exc:
             self._stop(exc)

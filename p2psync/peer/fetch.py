@@ -30,7 +30,7 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
 from p2psync.events import Events, Kind, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
-from p2psync.local.chunks import verify_chunks
+from p2psync.local.chunks import verified_prefix, verify_chunks
 from p2psync.local.fileops import hash_fd
 from p2psync.local.hashing import BackgroundHasher, new_hasher
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake, wrap_client
@@ -190,7 +190,11 @@ class Fetcher:
             if first is None:
                 return None
             k, connection, wanted, held = first
-            steps = plan_delta(wanted, [held] if held is not None else [])
+            sources = [(old[0], held)] if old is not None and held is not None else []
+            for fd, chunks in self.folder.chunk_sources(wanted, exclude=name):  # copies, clones, renamed edits
+                stack.callback(os.close, fd)
+                sources.append((fd, chunks))
+            steps = plan_delta(wanted, [chunks for _, chunks in sources])
             missing = sum(step.length for step in steps if step.source is None)
             if not vouched and missing > size // 2:
                 return None  # mostly new bytes: the whole file, resumable and zero copy, is as cheap
@@ -202,7 +206,7 @@ class Fetcher:
             build = delta.Build(name, entry.sha256, wanted, steps, part.fd, self.watchdog, self.limiter)
             try:
                 with self.events.transfer(name, size, part.fd, progress=lambda: kept + build.progress()):
-                    build.run(links[:MAX_HOLDERS], old[0] if held is not None and old is not None else None)
+                    build.run(links[:MAX_HOLDERS], [fd for fd, _ in sources])
                 checked = self._check_built(part.fd, entry, wanted, steps, vouched)
             except (P2PSyncError, OSError) as exc:
                 log.info("%s: building it from chunks failed (%s); fetching the rest whole", name, exc)
@@ -294,11 +298,12 @@ class Fetcher:
         if not part.offset:
             return steps, 0
         ends = list(itertools.accumulate(wanted.lengths))
-        have = bisect.bisect_right(ends, part.offset)  # chunks wholly in what was kept
-        if not have or not verify_chunks(part.fd, wanted, [(0, have)]):
+        have = verified_prefix(part.fd, wanted, bisect.bisect_right(ends, part.offset))  # whole chunks kept, checked
+        if not have:
             part.restart()
             return steps, 0
         kept = ends[have - 1]
+        part.restart(keep=kept)  # past it: what a killed fetch left unchecked, or allocated and never written
         log.info("%s: resuming, %s already here", part.name, size_text(kept))
         return [step for step in steps if step.offset + step.length > kept], kept
 
