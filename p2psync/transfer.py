@@ -262,20 +262,11 @@ def recv_body(sock: socket.socket, reader: Buffer, nbytes: int) -> bytes:
     data = reader.take(nbytes)
     if len(data) == nbytes:
         return data
-    parts = [data]
-    done = len(data)
-    while done < nbytes:
-        try:
-            chunk = sock.recv(nbytes - done)
-        except TimeoutError:
-            raise TransferError(f"timed out after {done} of {nbytes} bytes") from None
-        except OSError as exc:
-            raise TransferError(f"receive failed after {done} of {nbytes} bytes: {exc.strerror or exc}") from None
-        if not chunk:
-            raise TransferError(f"connection closed after {done} of {nbytes} bytes")
-        parts.append(chunk)
-        done += len(chunk)
-    return b"".join(parts)
+    body = bytearray(nbytes)
+    with memoryview(body) as view:
+        view[: len(data)] = data
+        _recv_rest(sock, view, len(data))
+    return bytes(body)
 
 
 def recv_into_exact(sock: socket.socket, reader: Buffer, view: memoryview) -> None:
@@ -284,10 +275,14 @@ def recv_into_exact(sock: socket.socket, reader: Buffer, view: memoryview) -> No
 
     Raises `TransferError` if the stream ends early, times out or fails.
     """
+    head = reader.take(len(view))
+    view[: len(head)] = head
+    _recv_rest(sock, view, len(head))
+
+
+def _recv_rest(sock: socket.socket, view: memoryview, done: int) -> None:
+    """Receive into `view` past its first `done` bytes until it is full."""
     nbytes = len(view)
-    head = reader.take(nbytes)
-    done = len(head)
-    view[:done] = head
     while done < nbytes:
         try:
             got = sock.recv_into(view[done:])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from p2psync._core import Chunker
 from p2psync.errors import TransferError
@@ -113,22 +113,34 @@ def _verify(fd: int, offset: int, lengths: list[int], digests: list[bytes]) -> b
     return chunk_digests(data, lengths) == digests if len(data) == sum(lengths) else False
 
 
+def _batches(chunks: ChunkList, first: int, end: int) -> Iterator[tuple[int, int]]:
+    """Chunks `first` to `end - 1` in batches `(i, j)` of whole chunks, each at least
+    `HASH_BATCH_BYTES` (the last may be less): one hashing task each."""
+    i = first
+    while i < end:
+        j, nbytes = i, 0
+        while j < end and (nbytes < HASH_BATCH_BYTES or j == i):
+            nbytes += chunks.lengths[j]
+            j += 1
+        yield i, j
+        i = j
+
+
+def _submit_verify(fd: int, chunks: ChunkList, offsets: list[int], i: int, j: int) -> concurrent.futures.Future[bool]:
+    lengths, digests = list(chunks.lengths[i:j]), list(chunks.digests[i:j])
+    return hashing_pool().submit(_verify, fd, offsets[i], lengths, digests)
+
+
 def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> bool:
     """Whether the chunks `first` to `first + count - 1` of `chunks`, for each
     `(first, count)` in `which`, are in `fd` where the list puts them: read and
     hashed on the pool, at least `HASH_BATCH_BYTES` per task."""
     offsets = chunks.offsets()
-    pool = hashing_pool()
-    futures = []
-    for first, count in which:
-        i, end = first, first + count
-        while i < end:
-            j, nbytes = i, 0
-            while j < end and (nbytes < HASH_BATCH_BYTES or j == i):
-                nbytes += chunks.lengths[j]
-                j += 1
-            futures.append(pool.submit(_verify, fd, offsets[i], list(chunks.lengths[i:j]), list(chunks.digests[i:j])))
-            i = j
+    futures = [
+        _submit_verify(fd, chunks, offsets, i, j)
+        for first, count in which
+        for i, j in _batches(chunks, first, first + count)
+    ]
     return all(future.result() for future in futures)
 
 
@@ -138,17 +150,7 @@ def verified_prefix(fd: int, chunks: ChunkList, count: int) -> int:
     holds (one killed mid-write is whole checked stretches, then zeros or junk).
     Batches of at least `HASH_BATCH_BYTES` are checked on the pool."""
     offsets = chunks.offsets()
-    pool = hashing_pool()
-    batches = []
-    i = 0
-    while i < count:
-        j, nbytes = i, 0
-        while j < count and (nbytes < HASH_BATCH_BYTES or j == i):
-            nbytes += chunks.lengths[j]
-            j += 1
-        lengths, digests = list(chunks.lengths[i:j]), list(chunks.digests[i:j])
-        batches.append((i, j, pool.submit(_verify, fd, offsets[i], lengths, digests)))
-        i = j
+    batches = [(i, j, _submit_verify(fd, chunks, offsets, i, j)) for i, j in _batches(chunks, 0, count)]
     good = 0
     for start, end, future in batches:
         if not future.result():  # the first bad batch: its good chunks, one by one

@@ -141,11 +141,11 @@ class Build:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _finish(self, i: int, nbytes: int, fetched: bool, link: Link | None = None) -> bool:
-        """Step `i` is written; whether it was the first copy to be."""
+    def _finish(self, i: int, nbytes: int, fetched: bool, link: Link | None = None) -> None:
+        """Step `i` is written (a second copy of it counts for nothing)."""
         with self._cond:
             if self._done[i]:
-                return False
+                return
             self._done[i] = True
             if not fetched:
                 self.copied += nbytes
@@ -162,7 +162,6 @@ class Build:
             if end is not None:  # the position marks what is checked and written, for a kept partial
                 os.lseek(self.out_fd, end.offset + end.length, os.SEEK_SET)
             self._cond.notify_all()
-            return True
 
     def _stop(self, exc: BaseException) -> None:
         with self._cond:

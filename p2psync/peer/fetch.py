@@ -189,7 +189,7 @@ class Fetcher:
             first = self._chunk_list(name, entry, holders, old, stack)
             if first is None:
                 return None
-            k, connection, wanted, held = first
+            k, connection, wanted, list_bytes, held = first
             sources = [(old[0], held)] if old is not None and held is not None else []
             for fd, chunks in self.folder.chunk_sources(wanted, exclude=name):  # copies, clones, renamed edits
                 stack.callback(os.close, fd)
@@ -216,7 +216,7 @@ class Fetcher:
                 log.info("%s: the file built from chunks is not the listed version; fetching it whole", name)
                 return None
             self.folder.keep_chunk_list(entry.sha256, wanted)  # this version is never cut here either
-            how = _how(links, build.fetched + len(wanted.encode()), steps)
+            how = _how(links, build.fetched + list_bytes, steps)
             return part.commit(entry.mtime, entry.mode, entry.vector), how
 
     def _old_version(self, name: str) -> tuple[int, os.stat_result] | None:
@@ -237,10 +237,10 @@ class Fetcher:
         holders: Sequence[tuple[str, int]],
         old: tuple[int, os.stat_result] | None,
         stack: contextlib.ExitStack,
-    ) -> tuple[int, delta.Connection, ChunkList, ChunkList | None] | None:
+    ) -> tuple[int, delta.Connection, ChunkList, int, ChunkList | None] | None:
         """The version's chunk list from the first holder that gives the right one:
-        that holder's index, its open connection (closed with `stack`), the list,
-        and the old version's list (cut here while the holder answers; None
+        that holder's index, its open connection (closed with `stack`), the list
+        and its size on the wire, and the old version's list (cut here while the holder answers; None
         when there is no old version or it changed). None when no holder does."""
         assert entry.sha256 is not None and entry.size is not None
         held: ChunkList | None = None
@@ -271,7 +271,7 @@ class Fetcher:
                 if entry.chunks is not None and wanted.list_id() != entry.chunks:
                     raise delta.BadChunk(f"{name}: the holder's chunk list is not the one the directory names")
                 sock.settimeout(RECV_TIMEOUT_S)
-                return k, (sock, reader, channel), wanted, held
+                return k, (sock, reader, channel), wanted, length, held
             except Refused as exc:
                 log.debug("%s: %s:%d sends no chunk list (%s)", name, *holder, exc)
             except (P2PSyncError, OSError) as exc:
