@@ -6,6 +6,7 @@ lists is fetched from whole."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -168,13 +169,23 @@ def receiver(tmp_path: Path):
     dst.mkdir()
     old = os.urandom(DELTA_MIN_BYTES + (3 << 20))
     (dst / "big.bin").write_bytes(old)
-    folder = Folder(dst)
+    with _fetcher_into(dst) as (fetcher, seen):
+        yield fetcher, old, seen
+
+
+@contextlib.contextmanager
+def _fetcher_into(dst: Path, state: bool = False):
+    """A fetcher into the folder `dst` (scanned first; `state`: as an engine's
+    folder, which cuts large files at the scan), and the events it emits."""
+    folder = Folder(dst, state=state)
     folder.scan()
     watchdog, events, seen = Watchdog(), Events(), []
     events.subscribe(seen.append)
-    yield Fetcher(folder, watchdog, (LOOPBACK, 1), events=events), old, seen
-    watchdog.close()
-    folder.close()
+    try:
+        yield Fetcher(folder, watchdog, (LOOPBACK, 1), events=events), seen
+    finally:
+        watchdog.close()
+        folder.close()
 
 
 def _holder(tmp_path: Path, engine, start_tracker, data: bytes):
@@ -264,12 +275,8 @@ def empty_receiver(tmp_path: Path):
     """A fetcher into an empty `tmp_path/dst`, and the events it emits."""
     dst = tmp_path / "dst"
     dst.mkdir()
-    folder = Folder(dst)
-    watchdog, events, seen = Watchdog(), Events(), []
-    events.subscribe(seen.append)
-    yield Fetcher(folder, watchdog, (LOOPBACK, 1), events=events), seen
-    watchdog.close()
-    folder.close()
+    with _fetcher_into(dst) as made:
+        yield made
 
 
 def _holders(tmp_path: Path, engine, start_tracker, data: bytes, count: int):
@@ -376,19 +383,11 @@ def test_a_new_file_reuses_the_chunks_of_another_file_here(tmp_path: Path, engin
     dst.mkdir()
     old = os.urandom(DELTA_MIN_BYTES + (8 << 20))
     (dst / "clone.bin").write_bytes(old)  # e.g. the disk image this one was cloned from
-    folder = Folder(dst, state=True)
-    folder.scan()  # an engine's folder: large files are cut at the scan
-    watchdog, events, seen = Watchdog(), Events(), []
-    events.subscribe(seen.append)
-    try:
-        fetcher = Fetcher(folder, watchdog, (LOOPBACK, 1), events=events)
+    with _fetcher_into(dst, state=True) as (fetcher, seen):  # an engine's folder: clone.bin is cut at the scan
         new = _edited(old, 0.6, os.urandom(100_000))
         _, entry = _holder(tmp_path, engine, start_tracker, new)
         assert fetcher.fetch("big.bin", _vouched(entry, new, twin_chunk_lengths))
         note = _delta_note(seen, "big.bin")
-    finally:
-        watchdog.close()
-        folder.close()
     assert (dst / "big.bin").read_bytes() == new and (dst / "clone.bin").read_bytes() == old
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
