@@ -14,6 +14,7 @@ from types import ModuleType
 
 import pytest
 
+from .folders import names, tree
 from .loopback import free_port, wait_until
 
 
@@ -137,21 +138,13 @@ def test_classic_command_lines(run, tmp_path: Path) -> None:
         assert "Traceback" not in proc.output
 
 
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in folder.rglob("*")
-        if p.is_file() and ".p2psync" not in p.relative_to(folder).parts
-    }
-
-
 def test_kill_9_in_the_middle_of_a_round_loses_nothing(run, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     for i in range(200):
         (first / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
         (first / f"d{i % 10}" / f"f{i:03}.bin").write_bytes(os.urandom(64 * 1024))
     (first / "big.bin").write_bytes(os.urandom(24 << 20))
-    original = _tree(first)
+    original = tree(first)
     second.mkdir()
     (second / "mine.txt").write_text("written here before the kill")
     tracker_port = free_port()
@@ -162,14 +155,14 @@ def test_kill_9_in_the_middle_of_a_round_loses_nothing(run, tmp_path: Path) -> N
     join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
     args = [*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"]
     b = run(args, tmp_path)
-    wait_until(lambda: len(list(second.rglob("*.bin"))) >= 5, 60, "the first downloads")
+    wait_until(lambda: sum(n.endswith(".bin") for n in names(second)) >= 5, 60, "the first downloads")
     b.proc.send_signal(signal.SIGKILL)  # mid-round: downloads in flight, the index half written
     b.proc.wait(10)
     b = run(args, tmp_path)
-    wait_until(lambda: _tree(second).keys() >= original.keys() | {"mine.txt"}, 90, "second to catch up")
+    wait_until(lambda: tree(second).keys() >= original.keys() | {"mine.txt"}, 90, "second to catch up")
     wait_until(lambda: (first / "mine.txt").exists(), 30, "mine.txt to reach first")
-    assert {k: v for k, v in _tree(second).items() if k != "mine.txt"} == original  # every byte, nothing more
-    assert _tree(first) == {**original, "mine.txt": b"written here before the kill"}
+    assert {k: v for k, v in tree(second).items() if k != "mine.txt"} == original  # every byte, nothing more
+    assert tree(first) == {**original, "mine.txt": b"written here before the kill"}
     assert not [p for p in tmp_path.rglob("*.part")]
     for proc in (b, a):
         assert proc.interrupt() == 0, proc.output

@@ -21,6 +21,7 @@ from p2psync.local.keyfile import load_key, write_new_key
 from p2psync.protocol.auth import HELLO, MAX_HANDSHAKE_LINE, REFUSAL, ClientHandshake, ServerHandshake, new_key
 
 from .classic_peer import recv_line
+from .folders import tree
 from .loopback import LOOPBACK, wait_until
 
 KEY = new_key()
@@ -151,14 +152,6 @@ def keyed(start_tracker):
 
 def member(engine, folder: Path, port: int, key: bytes = KEY):
     return engine(folder, port, group_key=key)
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in folder.rglob("*")
-        if p.is_file() and ".p2psync" not in p.parts
-    }
 
 
 def plant(folder: Path, files: dict[str, bytes]) -> None:

@@ -17,6 +17,7 @@ from p2psync import cli
 from p2psync.tracker import Tracker
 from p2psync.tracker.shared import PREFIX, RedisState
 
+from .folders import texts
 from .loopback import LOOPBACK, free_port, wait_until
 
 pytestmark = [
@@ -83,14 +84,6 @@ def write(path: Path, data: str) -> None:
     path.write_text(data)
 
 
-def files(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_text()
-        for p in folder.rglob("*")
-        if p.is_file() and ".p2psync" not in p.parts
-    }
-
-
 def test_peers_on_different_trackers_converge_with_deletions(tmp_path: Path, shared_tracker, engine) -> None:
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     write(a / "docs/from-a.txt", "a")
@@ -100,9 +93,9 @@ def test_peers_on_different_trackers_converge_with_deletions(tmp_path: Path, sha
     engine(b, t2.port)
     engine(c, t3.port)
     want = {"docs/from-a.txt": "a", "from-b.txt": "b"}
-    wait_until(lambda: files(a) == files(b) == files(c) == want, 30, "three folders on three trackers")
+    wait_until(lambda: texts(a) == texts(b) == texts(c) == want, 30, "three folders on three trackers")
     (b / "docs/from-a.txt").unlink()
-    wait_until(lambda: files(a) == files(c) == {"from-b.txt": "b"}, 30, "the deletion everywhere")
+    wait_until(lambda: texts(a) == texts(c) == {"from-b.txt": "b"}, 30, "the deletion everywhere")
     assert (a / ".p2psync/trash/docs/from-a.txt").read_text() == "a"
     assert t1.directory.entries() == t2.directory.entries() == t3.directory.entries()
     assert set(t1.directory.deletions()) == set(t3.directory.deletions()) == {"docs/from-a.txt"}
@@ -204,7 +197,7 @@ def test_trackers_share_through_a_unix_socket(tmp_path: Path, start_tracker, eng
         write(a / "over-unix.txt", "a")
         engine(a, t1.port)
         engine(b, t2.port)
-        wait_until(lambda: files(b) == {"over-unix.txt": "a"}, 30, "the file through the other tracker")
+        wait_until(lambda: texts(b) == {"over-unix.txt": "a"}, 30, "the file through the other tracker")
     finally:
         server.terminate()
         server.wait(10)

@@ -4,7 +4,6 @@ ignore rules, modes, renames, races, and mixed networks with classic programs.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,22 +22,11 @@ from p2psync.local import STATE_DIR, TRASH_DIR, Folder
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
+from .folders import tree
 from .holders import Holder, sha
 from .loopback import LOOPBACK, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every synced file under `folder` by relative path (the state folder left out).
-    A file a running peer moves away between the listing and the read is left out:
-    this is polled while peers work."""
-    found = {}
-    for p in folder.rglob("*"):
-        if p.is_file() and not p.is_symlink() and STATE_DIR not in p.relative_to(folder).parts:
-            with contextlib.suppress(FileNotFoundError):
-                found[p.relative_to(folder).as_posix()] = p.read_bytes()
-    return found
 
 
 def trash(folder: Path) -> dict[str, bytes]:
