@@ -27,7 +27,7 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import ProtocolError
 from p2psync.events import Event, Events, Kind
 from p2psync.ignore import STATE_DIR
-from p2psync.local import Folder
+from p2psync.local import TRASH_DIR, Folder
 from p2psync.local.chunks import verified_prefix
 from p2psync.local.partial import PARTIAL_SUFFIX
 from p2psync.peer.fetch import DELTA_MIN_BYTES, Fetcher
@@ -392,6 +392,36 @@ def test_a_new_file_reuses_the_chunks_of_another_file_here(tmp_path: Path, engin
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
     assert fetched_kib < 1024 and reused_mib > 11
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_file_deleted_and_brought_back_edited_reuses_the_trashed_copy(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    old = os.urandom(12 << 20)
+    (a / "vm.img").write_bytes(old)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    receiver = engine(b, tracker.port)
+    wait_until(lambda: (b / "vm.img").exists() and (b / "vm.img").read_bytes() == old, 30, "the first copy")
+    (a / "vm.img").unlink()
+    trashed = b / STATE_DIR / TRASH_DIR / "vm.img"
+    wait_until(trashed.exists, 30, "the deletion to move b's copy to its trash")
+    seen: list[Event] = []
+    receiver.events.subscribe(seen.append)
+    receiver.folder.expire(30 * 86400)  # what a long run does: the trashed copy's chunk list is kept
+    new = _edited(old, 0.4, os.urandom(200_000))
+    (a / "disks").mkdir()
+    (a / "disks" / "vm.img").write_bytes(new)  # restored from a backup elsewhere, then edited
+    wait_until(lambda: (b / "disks" / "vm.img").exists() and (b / "disks" / "vm.img").read_bytes() == new, 30, "it")
+    note = _delta_note(seen, "disks/vm.img")
+    assert note is not None, [e.detail for e in seen]
+    fetched_kib, reused_mib = note
+    assert fetched_kib < 1024 and reused_mib > 11  # the trashed copy's chunks were copied, not fetched
+    assert trashed.read_bytes() == old  # and it stays in the trash
+    assert list(receiver.folder.index.trashed()) == ["vm.img"]
+    receiver.folder.expire(0, now=time.time() + 60)  # emptied: its row and its list go too
+    assert not trashed.exists() and receiver.folder.index.trashed() == {}
 
 
 @pytest.mark.usefixtures("backend")

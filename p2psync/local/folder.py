@@ -450,26 +450,35 @@ class Folder:
             self.index.update(rows)
 
     def expire(self, max_age_s: float, now: float | None = None) -> None:
-        """Forget own deletions and empty the trash of what is older than `max_age_s`
-        (a file's age in the trash: since it was moved there, its ctime)."""
+        """Forget own deletions, empty the trash of what is older than `max_age_s`
+        (a file's age in the trash: since it was moved there, its ctime), and
+        forget the chunk lists of versions neither here nor in the trash."""
         cutoff = int((time.time() if now is None else now) - max_age_s)
-        if self.index.keep_chunk_lists({row.sha256 for row in self._rows.values()}):  # lists of versions still here
-            with self._lock:
-                self._list_ids = self.index.list_ids()
         if self.index.expire_tombstones(cutoff):
             self._own_deletions = self.index.tombstones()
         trash = os.path.join(self.root, STATE_DIR, TRASH_DIR)
-        if not os.path.isdir(trash) or os.path.islink(trash):
-            return
-        for _, dirs, files, fd in os.fwalk(trash, topdown=False):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime < cutoff:  # ctime: when trashed
-                        os.unlink(name, dir_fd=fd)
-                        log.info("emptied %s from the trash (older than %g days)", name, max_age_s / 86400)
-            for name in dirs:
-                with contextlib.suppress(OSError):
-                    os.rmdir(name, dir_fd=fd)
+        if os.path.isdir(trash) and not os.path.islink(trash):
+            for _, dirs, files, fd in os.fwalk(trash, topdown=False):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime < cutoff:  # ctime: when trashed
+                            os.unlink(name, dir_fd=fd)
+                            log.info("emptied %s from the trash (older than %g days)", name, max_age_s / 86400)
+                for name in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(name, dir_fd=fd)
+        trashed = self.index.trashed()
+        gone = [path for path, (key, _) in trashed.items() if self._trash_key(path) != key]
+        self.index.drop_trashed(gone)
+        kept = {row.sha256 for row in self._rows.values()} | {sha for p, (_, sha) in trashed.items() if p not in gone}
+        if self.index.keep_chunk_lists(kept):
+            with self._lock:
+                self._list_ids = self.index.list_ids()
+
+    def _trash_key(self, path: str) -> Key | None:
+        """(size, mtime_ns, inode) of the file at `path` in the trash, or None if it is not there."""
+        st = self.stat(f"{STATE_DIR}/{TRASH_DIR}/{path}")
+        return file_key(st) if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def chunk_list(self, fd: int, st: os.stat_result) -> ChunkList:
         """The chunk list of the open file `fd` (`st`: its stat when opened), from the
@@ -509,30 +518,33 @@ class Folder:
     def chunk_sources(self, wanted: ChunkList, exclude: str, limit: int = CHUNK_SOURCES) -> list[tuple[int, ChunkList]]:
         """Other large files here that hold chunks of `wanted`, open (the caller closes
         them), with their lists: the `limit` sharing the most, of the first
-        `CHUNK_CANDIDATES` files with a kept list. A copy or an edited clone of
-        a file, a renamed and then changed one: each is a source of a delta."""
+        `CHUNK_CANDIDATES` files with a kept list, in the folder or in the trash.
+        A copy or an edited clone of a file, a renamed and then changed one, one
+        deleted and then brought back edited: each is a source of a delta."""
         ids = set(wanted.digests)
         with self._lock:
             listed = set(self._list_ids)
         candidates = [
-            (path, f)
+            (path, f.key, f.sha256)
             for path, f in list(self._last.items())
             if path != exclude and f.size >= DELTA_MIN_BYTES and f.sha256 in listed
-        ][:CHUNK_CANDIDATES]
+        ]
+        trash = f"{STATE_DIR}/{TRASH_DIR}/"
+        candidates += [(trash + path, key, sha) for path, (key, sha) in self.index.trashed().items() if sha in listed]
         scored = []
-        for path, f in candidates:
-            chunks = self.cached_chunk_list(f.sha256, f.size)
+        for path, key, sha256 in candidates[:CHUNK_CANDIDATES]:
+            chunks = self.cached_chunk_list(sha256, key[0])
             shared = sum(digest in ids for digest in chunks.digests) if chunks is not None else 0
             if chunks is not None and shared:
-                scored.append((shared, path, f, chunks))
+                scored.append((shared, path, key, chunks))
         scored.sort(key=lambda item: -item[0])
         opened: list[tuple[int, ChunkList]] = []
-        for _, path, f, chunks in scored[:limit]:
+        for _, path, key, chunks in scored[:limit]:
             try:
                 fd = self._open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             except (OSError, UnsafeName):
                 continue
-            if file_key(os.fstat(fd)) != f.key:  # changed since its scan: its list is not its content
+            if file_key(os.fstat(fd)) != key:  # changed since its scan: its list is not its content
                 os.close(fd)
                 continue
             opened.append((fd, chunks))
@@ -652,6 +664,10 @@ class Folder:
         except (OSError, UnsafeName) as exc:
             log.warning("cannot move %s to the trash: %s; leaving it", path, exc)
             return False
+        seen = self._last.get(path)
+        if seen is not None and seen.key == expect and self.list_id(seen.sha256) is not None:
+            # Its chunks stay a delta source (a file deleted, then brought back edited).
+            self.index.put_trashed(f"{path.rpartition('/')[0]}/{taken}".lstrip("/"), expect, seen.sha256)
         self._forget(path, deletion)
         self._remove_empty_parents(path)
         return True

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
     path TEXT PRIMARY KEY, time INTEGER NOT NULL, sha256 TEXT, vector TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS chunk_lists (sha256 TEXT PRIMARY KEY, list_id TEXT NOT NULL, chunks BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS trashed (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
 """
 
 
@@ -227,6 +231,23 @@ class Index:
             stale = [(h,) for (h,) in self._db.execute("SELECT sha256 FROM chunk_lists") if h not in wanted]
             self._db.executemany("DELETE FROM chunk_lists WHERE sha256=?", stale)
         return len(stale)
+
+    # ------------------------------------------------------------ the trash
+
+    def trashed(self) -> dict[str, tuple[tuple[int, int, int], str]]:
+        """Large files in the trash whose chunk lists are kept: by path in the trash,
+        (their (size, mtime_ns, inode) when trashed, their sha256)."""
+        with self._lock:
+            cursor = self._db.execute("SELECT path, size, mtime_ns, inode, sha256 FROM trashed")
+            return {p: ((n, m, i), h) for p, n, m, i, h in cursor}
+
+    def put_trashed(self, path: str, key: tuple[int, int, int], sha256: str) -> None:
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):  # read-only: kept to itself
+            self._db.execute("INSERT OR REPLACE INTO trashed VALUES (?, ?, ?, ?, ?)", (path, *key, sha256))
+
+    def drop_trashed(self, paths: Iterable[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM trashed WHERE path=?", [(p,) for p in paths])
 
     def expire_tombstones(self, older_than: int) -> int:
         """Forget own deletions from before `older_than` (unix seconds); how many."""
