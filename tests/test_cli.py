@@ -120,6 +120,40 @@ def test_embedded_default_and_a_joining_folder(run, tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.part"))
 
 
+def test_a_download_killed_midway_resumes_after_the_bytes_it_wrote(run, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    data = os.urandom(3 << 20)  # sent as one stream (below the chunked size), kept for a resume
+    (first / "big.bin").write_bytes(data)
+    tracker_port = free_port()
+    a = run(
+        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--max-rate", "600K"],
+        tmp_path,
+    )
+    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    args = [*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"]
+    b = run(args, tmp_path)
+    partials = second / ".p2psync"
+
+    def written() -> int:
+        return max((p.stat().st_size for p in partials.glob("*.partial")), default=0)
+
+    wait_until(lambda: written() >= 1 << 20, 30, "the first megabyte")
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    (partial,) = partials.glob("*.partial")
+    kept = partial.read_bytes()
+    assert 1 << 20 <= len(kept) < len(data)  # what was written, not the space reserved ahead of it
+    assert data.startswith(kept)
+    b = run(args, tmp_path)
+    wait_until(lambda: (second / "big.bin").exists() and (second / "big.bin").read_bytes() == data, 30, "the rest")
+    b.wait_for("resuming")
+    assert not list(partials.glob("*.partial"))
+    for proc in (b, a):
+        assert proc.interrupt() == 0, proc.output
+        assert "Traceback" not in proc.output
+
+
 def test_classic_command_lines(run, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()

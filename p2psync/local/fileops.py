@@ -4,6 +4,7 @@ key a file is recognised by, hashing and copying a descriptor."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -39,6 +40,48 @@ def sync_mode(mode: int | None) -> int:
     """The permission bits a file gets: the source's, less setuid, setgid and sticky;
     a classic source's file gets what a new file here would (0666 less the umask)."""
     return DEFAULT_MODE if mode is None else mode & MODE_BITS
+
+
+_FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h
+_NO_SPACE_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # the filesystem cannot: write as it comes
+
+
+def _libc_fallocate() -> Any:
+    """fallocate(2) from the C library, or None where there is none (os has only
+    posix_fallocate, which grows the file)."""
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_fallocate = _libc_fallocate()
+
+
+def reserve_space(fd: int, offset: int, length: int, keep_size: bool = False) -> None:
+    """Allocate `length` bytes of disk from `offset` of `fd` before they are written:
+    a full disk fails now rather than midway (`OSError` ENOSPC), and the file is
+    laid out in one piece. With `keep_size` the file's size stays what was written
+    (a partial killed midway is then exactly its written bytes, the offset to
+    resume from); where that cannot be done nothing is reserved. Where the
+    filesystem cannot allocate ahead, this does nothing."""
+    if keep_size:
+        if _fallocate is None:
+            return
+        if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            code = ctypes.get_errno()
+            if code not in _NO_SPACE_RESERVE:
+                raise OSError(code, os.strerror(code))
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, length)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE_RESERVE:
+                raise
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

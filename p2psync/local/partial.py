@@ -13,7 +13,7 @@ from p2psync.ignore import STATE_DIR
 from p2psync.paths import PART_SUFFIX
 from p2psync.sync.versions import Vector
 
-from .fileops import ANY, HASH_CHUNK_BYTES, O_CLOEXEC, O_NOFOLLOW, file_key, sync_mode
+from .fileops import ANY, HASH_CHUNK_BYTES, O_CLOEXEC, O_NOFOLLOW, file_key, reserve_space, sync_mode
 
 if TYPE_CHECKING:
     from .folder import Folder
@@ -69,15 +69,11 @@ class PartialFile:
     def reserve(self, nbytes: int) -> None:
         """Allocate the disk space for `nbytes` more, before they arrive: a full disk
         fails now rather than midway, and the file is laid out in one piece
-        (measured: ~1.3x faster large receives here). Skipped for small files and
-        where the filesystem cannot do it."""
-        if nbytes < _RESERVE_MIN_BYTES or not hasattr(os, "posix_fallocate"):
-            return
-        try:
-            os.posix_fallocate(self.fd, self.offset, nbytes)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
+        (measured: ~1.3x faster large receives here). A kept partial keeps its
+        size at what was written, so one left by a kill -9 resumes after its
+        bytes. Skipped for small files and where the filesystem cannot do it."""
+        if nbytes >= _RESERVE_MIN_BYTES:
+            reserve_space(self.fd, self.offset, nbytes, keep_size=self._keep)
 
     def restart(self, keep: int = 0) -> None:
         """Throw away what was kept past its first `keep` bytes (by default all of

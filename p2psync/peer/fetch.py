@@ -350,6 +350,8 @@ class Fetcher:
     ) -> None:
         if hasher is not None and part.offset:
             part.feed_prefix(hasher)
+        if part.offset:
+            log.info("%s: resuming, %s already here", name, size_text(part.offset))
         sock.settimeout(HEADER_TIMEOUT_S)
         with self.watchdog.limit(sock, HEADER_TIMEOUT_S, "waiting for the reply header"):
             try:
