@@ -54,6 +54,7 @@ class Event:
     path: str
     size: int = 0
     detail: str = ""  # where from, the conflict copy's name, why it failed
+    received: int | None = None  # bytes that crossed the network for it, where not `size` (a delta)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class RoundSummary:
     held_back: int
     bytes: int
     seconds: float
+    received: int | None = None  # bytes over the network, where deltas made it less than `bytes`
 
     @property
     def rate(self) -> float:
@@ -75,7 +77,9 @@ class RoundSummary:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        parts = [f"{self.fetched} fetched ({size_text(self.bytes)} in {self.seconds:.2f} s, {size_text(self.rate)}/s)"]
+        network = "" if self.received is None else f", {size_text(self.received)} of it over the network"
+        took = f"{size_text(self.bytes)} in {self.seconds:.2f} s, {size_text(self.rate)}/s{network}"
+        parts = [f"{self.fetched} fetched ({took})"]
         for count, what in (
             (self.copied, "copied locally"),
             (self.trashed, "moved to trash"),
@@ -157,8 +161,8 @@ class Events:
         with self._lock:
             self._listeners.remove(listener)
 
-    def emit(self, kind: Kind, path: str, size: int = 0, detail: str = "") -> None:
-        event = Event(kind, path, size, detail)
+    def emit(self, kind: Kind, path: str, size: int = 0, detail: str = "", received: int | None = None) -> None:
+        event = Event(kind, path, size, detail, received)
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -285,6 +289,8 @@ class Tally:
         count = {kind: 0 for kind in Kind}
         for event in events:
             count[event.kind] += 1
+        fetched = [e for e in events if e.kind is Kind.FETCHED]
+        received = sum(e.size if e.received is None else e.received for e in fetched)
         return RoundSummary(
             fetched=count[Kind.FETCHED],
             copied=count[Kind.COPIED],
@@ -292,6 +298,7 @@ class Tally:
             conflicts=count[Kind.CONFLICT],
             failed=count[Kind.FAILED],
             held_back=held_back,
-            bytes=sum(e.size for e in events if e.kind is Kind.FETCHED),
+            bytes=sum(e.size for e in fetched),
             seconds=time.monotonic() - self.started,
+            received=received if any(e.received is not None for e in fetched) else None,
         )

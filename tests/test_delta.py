@@ -148,7 +148,8 @@ def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tr
     copy = b / "data" / "log.bin"
     wait_until(lambda: copy.exists() and copy.read_bytes() == old, 30, "the first copy")
     seen: list[Event] = []
-    receiver.events.subscribe(seen.append)
+    rounds: list[str] = []
+    receiver.events.subscribe(seen.append, lambda summary: rounds.append(summary.line()))
     new = _edited(old, 0.1, os.urandom(300_000))
     (a / "data" / "log.bin").write_bytes(new)
     wait_until(lambda: copy.read_bytes() == new, 30, "the edit to reach b")
@@ -158,6 +159,10 @@ def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tr
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
     assert fetched_kib < 1024 and reused_mib > 11  # ~300 kB new (+ the chunks it touched + the list), not 12 MiB
+    wait_until(lambda: any("over the network" in line for line in rounds), 10, f"the round's line in {rounds}")
+    (line,) = [line for line in rounds if "over the network" in line]
+    over = re.search(r"([\d.]+) KiB of it over the network", line)
+    assert "1 fetched (12.3 MiB" in line and over is not None and float(over.group(1)) == fetched_kib, line
     assert copy.stat().st_mode & 0o777 == 0o640
     assert holder.is_alive() and receiver.is_alive()
 

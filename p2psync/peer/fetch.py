@@ -112,9 +112,9 @@ class Fetcher:
             return False
         chunked = self._fetch_chunked(name, entry, expect)
         if chunked is not None:
-            installed, how = chunked
+            installed, how, received = chunked
             if installed:
-                self.events.emit(Kind.FETCHED, name, entry.size or 0, how)
+                self.events.emit(Kind.FETCHED, name, entry.size or 0, how, received=received)
             return installed
         for ip, port in entry.holders():
             if self._is_me(ip, port):
@@ -164,11 +164,11 @@ class Fetcher:
                     hasher.close()  # its thread ends with the transfer, whatever happened
             return self._install(part, entry, hasher)
 
-    def _fetch_chunked(self, name: str, entry: DirectoryEntry, expect: Any) -> tuple[bool, str] | None:
+    def _fetch_chunked(self, name: str, entry: DirectoryEntry, expect: Any) -> tuple[bool, str, int] | None:
         """A large version built from chunks (peer/delta.py): those the old version
         here holds copied, the rest fetched from every holder of it at once and
-        checked chunk by chunk. Whether it was installed, and what to say about
-        how. None when this does not apply (small, no hash, a version the
+        checked chunk by chunk. Whether it was installed, what to say about
+        how, and how many bytes crossed the network. None when this does not apply (small, no hash, a version the
         directory lists without a chunk list and no old version to reuse, mostly
         new bytes without a vouched list, holders too old for chunk lists) or
         when it failed: the caller fetches the file whole, resuming what was
@@ -217,7 +217,7 @@ class Fetcher:
                 return None
             self.folder.keep_chunk_list(entry.sha256, wanted)  # this version is never cut here either
             how = _how(links, build.fetched + list_bytes, steps)
-            return part.commit(entry.mtime, entry.mode, entry.vector), how
+            return part.commit(entry.mtime, entry.mode, entry.vector), how, build.fetched + list_bytes
 
     def _old_version(self, name: str) -> tuple[int, os.stat_result] | None:
         """The file under `name` here, open, if it is large enough to reuse chunks of."""
