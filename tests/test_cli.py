@@ -148,6 +148,8 @@ def test_a_download_killed_midway_resumes_after_the_bytes_it_wrote(run, tmp_path
     b = run(args, tmp_path)
     wait_until(lambda: (second / "big.bin").exists() and (second / "big.bin").read_bytes() == data, 30, "the rest")
     b.wait_for("resuming")
+    over = b.wait_for(r"round: 1 fetched \(3\.0 MiB in .*, ([\d.]+) MiB of it over the network\)")
+    assert float(over.group(1)) <= 3 - len(kept) / (1 << 20) + 0.05  # only the rest crossed
     assert not list(partials.glob("*.partial"))
     for proc in (b, a):
         assert proc.interrupt() == 0, proc.output

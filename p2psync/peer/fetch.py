@@ -121,10 +121,10 @@ class Fetcher:
                 continue
             try:
                 try:
-                    installed = self._fetch_from(name, entry, ip, port, True, expect)
+                    installed, kept = self._fetch_from(name, entry, ip, port, True, expect)
                 except _ResumeRefused as exc:
                     log.info("%s: %s:%d would not resume (%s); fetching it whole", name, ip, port, exc)
-                    installed = self._fetch_from(name, entry, ip, port, False, expect)
+                    installed, kept = self._fetch_from(name, entry, ip, port, False, expect)
             except (P2PSyncError, OSError) as exc:
                 log.debug("fetching %s from %s:%d failed: %s", name, ip, port, exc)
                 failure = f"from {ip}:{port}: {exc}"
@@ -132,7 +132,8 @@ class Fetcher:
                     return False
                 continue  # this holder failed: try the next
             if installed:
-                self.events.emit(Kind.FETCHED, name, entry.size or 0, f"from {ip}:{port}")
+                size = entry.size or 0
+                self.events.emit(Kind.FETCHED, name, size, f"from {ip}:{port}", received=size - kept if kept else None)
             return installed
         self.events.emit(Kind.FAILED, name, entry.size or 0, failure)
         return False
@@ -141,8 +142,11 @@ class Fetcher:
         own_ip, own_port = self.own_address
         return port == own_port and ip in ("127.0.0.1", "::1", own_ip)
 
-    def _fetch_from(self, name: str, entry: DirectoryEntry, ip: str, port: int, resume: bool, expect: Any) -> bool:
-        """One request to one holder, into a partial file, verified, then installed.
+    def _fetch_from(
+        self, name: str, entry: DirectoryEntry, ip: str, port: int, resume: bool, expect: Any
+    ) -> tuple[bool, int]:
+        """One request to one holder, into a partial file, verified, then installed:
+        whether it was, and how many bytes a kept partial already held (resumed).
         Raises on any failure (the partial is removed, or kept for a resume when
         it is a large hashed version)."""
         sock = self._open((ip, port))
@@ -156,13 +160,14 @@ class Fetcher:
             channel = self._shake(sock)
             if not resume and part.offset:
                 part.restart()
+            kept = part.offset
             hasher = new_hasher(entry.size or 0) if entry.sha256 else None
             try:
                 self._receive(sock, name, entry, part, hasher, channel)
             finally:
                 if isinstance(hasher, BackgroundHasher):
                     hasher.close()  # its thread ends with the transfer, whatever happened
-            return self._install(part, entry, hasher)
+            return self._install(part, entry, hasher), kept
 
     def _fetch_chunked(self, name: str, entry: DirectoryEntry, expect: Any) -> tuple[bool, str, int] | None:
         """A large version built from chunks (peer/delta.py): those the old version
