@@ -11,6 +11,7 @@ import pytest
 
 from p2psync.errors import UnsafeName
 from p2psync.local import Folder
+from p2psync.local.fileops import reserve_space
 
 from .holders import sha
 
@@ -172,3 +173,17 @@ def test_a_conflict_copy_never_replaces_another(folder: Folder, tmp_path: Path) 
     assert (dst / "d/f.conflict-0").read_text() == "first loser, kept earlier"
     assert (dst / "d/f.conflict-1").read_text() == "second loser"
     assert not (dst / "d/f.txt").exists()
+
+
+def test_space_reserved_for_a_kept_partial_leaves_its_size_at_what_was_written(tmp_path: Path) -> None:
+    path = tmp_path / "x.partial"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"written")
+        reserve_space(fd, 7, 8 << 20, keep_size=True)
+        assert os.fstat(fd).st_size == 7  # a kill now leaves exactly the written bytes
+        reserve_space(fd, 7, 8 << 20)
+        assert os.fstat(fd).st_size == 7 + (8 << 20)  # without keep_size the file grows (posix_fallocate)
+    finally:
+        os.close(fd)
+    assert path.read_bytes()[:7] == b"written"
