@@ -5,17 +5,20 @@ and back empty; the same holder chosen everywhere. On both backends."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from p2psync import cli
+from p2psync.protocol import FileInfo
 from p2psync.tracker import Tracker
-from p2psync.tracker.shared import PREFIX, RedisState
+from p2psync.tracker.shared import COUNTER, PREFIX, RedisState, _peer_id, _record
 
 from .folders import texts
 from .loopback import LOOPBACK, free_port, wait_until
@@ -133,6 +136,31 @@ def test_redis_lost_and_back_empty_is_republished(tmp_path: Path, redis_server, 
         30,
         "both trackers to republish their peers",
     )
+
+
+def test_a_tracker_that_misses_part_of_the_log_reloads_from_redis(
+    tmp_path: Path, redis_server, shared_tracker, engine, caplog
+) -> None:
+    import redis
+
+    a = tmp_path / "a"
+    write(a / "seen.txt", "a")
+    t1, t2 = shared_tracker(), shared_tracker()
+    engine(a, t1.port)
+    wait_until(lambda: "seen.txt" in t2.directory.entries(), 30, "t2 to follow the log")
+    # A change whose log entry was cut before t2 read it (t2 fell more than the log's length
+    # behind): the peer's record is in Redis and the change took its number, but no entry is left.
+    store = redis.Redis(host=LOOPBACK, port=redis_server.port)
+    missed = (LOOPBACK, free_port())
+    record = _record(missed, [FileInfo("missed.txt", 1_700_000_000, 5, hashlib.sha256(b"gone!").hexdigest())], [])
+    store.hset(f"{PREFIX}peer:{_peer_id(missed)}", mapping={"owner": "another-tracker", "record": record})
+    store.zadd(f"{PREFIX}alive", {_peer_id(missed): time.time()})
+    store.incr(COUNTER)
+    write(a / "next.txt", "b")  # t1 logs it one number past what t2 expects next
+    wait_until(lambda: "missed.txt" in t2.directory.entries(), 30, "t2 to reload the directory from Redis")
+    wait_until(lambda: "next.txt" in t2.directory.entries(), 30, "and to list the change after the gap")
+    assert "seen.txt" in t2.directory.entries()
+    assert any("missed 1 changes in Redis's log" in r.getMessage() for r in caplog.records)
 
 
 def test_two_trackers_pick_the_same_holder_of_a_tie(tmp_path: Path, shared_tracker, engine) -> None:

@@ -10,6 +10,9 @@ Stream (`XREAD BLOCK`) and hands the other trackers' changes to the loop,
 which applies them to its mirror. A Stream reader keeps its position, so a
 tracker that lost Redis for a while catches up (or, when the log was cut or
 Redis came back empty, takes a whole snapshot and republishes its own peers).
+Each entry carries the next number of a counter, taken in the same script,
+so a reader still connected that fell more than the log's length behind
+sees a number missing and takes a snapshot too.
 
 Liveness: each tracker refreshes its own peers' last-seen times every few
 seconds; any tracker removes peers unseen for the peer timeout (a Lua script
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "p2psync:"  # every key this tracker uses starts so
 STREAM_MAXLEN = 100_000  # changes kept in the log (approximately); a reader further behind resyncs
+COUNTER = PREFIX + "log:n"  # the number of the last change logged
 REFRESH_S = 5.0  # how often a tracker renews its own peers' last-seen times
 TRIM_S = 3600.0  # how often deletions past their age leave Redis
 TOMBSTONE_AGE_S = 30 * 86400  # as the directory's
@@ -58,8 +62,11 @@ _READ_BLOCK_MS = 1000
 
 PeerKey = tuple[str, int]
 
-# KEYS: peer record, alive set, stream, deletions hash. ARGV: owner, peer id, record, deletions (JSON
-# list of [field, record, time]), now, maxlen.
+# Every change goes into the log with the next number of the log's counter (`n`), in
+# the same script, so a reader that finds a number missing knows the log was cut
+# past it (it fell more than STREAM_MAXLEN behind) and reloads from the records.
+# KEYS: peer record, alive set, stream, deletions hash, counter. ARGV: owner, peer id, record,
+# deletions (JSON list of [field, record, time]), now, maxlen.
 _REPORT = """
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'record', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
@@ -70,23 +77,25 @@ for _, d in ipairs(cjson.decode(ARGV[4])) do
   end
 end
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'op', 'report', 'origin', ARGV[1],
-                  'peer', ARGV[2], 'record', ARGV[3])
+                  'peer', ARGV[2], 'record', ARGV[3], 'n', redis.call('INCR', KEYS[5]))
 """
-# KEYS: peer record, alive set, stream. ARGV: owner, peer id, maxlen.
+# KEYS: peer record, alive set, stream, counter. ARGV: owner, peer id, maxlen.
 _FORGET_OWNED = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'op', 'forget', 'origin', ARGV[1], 'peer', ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'op', 'forget', 'origin', ARGV[1], 'peer', ARGV[2],
+           'n', redis.call('INCR', KEYS[4]))
 return 1
 """
-# KEYS: peer record, alive set, stream. ARGV: expirer, peer id, cutoff, maxlen.
+# KEYS: peer record, alive set, stream, counter. ARGV: expirer, peer id, cutoff, maxlen.
 _EXPIRE = """
 local seen = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if seen and tonumber(seen) >= tonumber(ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'op', 'forget', 'origin', ARGV[1], 'peer', ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'op', 'forget', 'origin', ARGV[1], 'peer', ARGV[2],
+           'n', redis.call('INCR', KEYS[4]))
 return 1
 """
 
@@ -155,6 +164,7 @@ class RedisState:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_id = "0-0"
+        self._last_n: int | None = None  # the counter of the last change read (None: not known)
         self._need_snapshot = threading.Event()
         self._lost = False
         self._scripts: dict[str, Any] = {}
@@ -256,7 +266,7 @@ class RedisState:
         return self._scripts[name]
 
     def _apply(self, op: str, arg: Any) -> None:
-        keys = (PREFIX + "alive", PREFIX + "log", PREFIX + "deleted")
+        keys = (PREFIX + "alive", PREFIX + "log", PREFIX + "deleted", COUNTER)
         if op == "report":
             peer, record, deleted = arg
             self._local[peer] = record
@@ -268,7 +278,7 @@ class RedisState:
         elif op == "forget":
             self._local.pop(arg, None)
             self._script("forget", _FORGET_OWNED)(
-                keys=[self._key(arg), keys[0], keys[1]], args=[self.owner, _peer_id(arg), STREAM_MAXLEN]
+                keys=[self._key(arg), keys[0], keys[1], COUNTER], args=[self.owner, _peer_id(arg), STREAM_MAXLEN]
             )
         elif op == "alive" and arg:
             now = time.time()
@@ -284,7 +294,7 @@ class RedisState:
             if peer is None:
                 continue
             self._script("expire", _EXPIRE)(
-                keys=[self._key(peer), PREFIX + "alive", PREFIX + "log"],
+                keys=[self._key(peer), PREFIX + "alive", PREFIX + "log", COUNTER],
                 args=[self.owner, peer_id, cutoff, STREAM_MAXLEN],
             )
 
@@ -342,8 +352,21 @@ class RedisState:
                 self._stopping.wait(backoff)
 
     def _entries(self, entries: list[tuple[str, dict[str, str]]]) -> list[Change]:
+        """The changes of other trackers in `entries`, up to a gap in the log's
+        numbers; at a gap, the rest is left and a reload from the records is due."""
         changes = []
         for entry_id, fields in entries:
+            n = fields.get("n", "")
+            if n.isdigit():  # a tracker too old to number its changes logs none: nothing to check
+                if self._last_n is not None and int(n) != self._last_n + 1:
+                    log.warning(
+                        "missed %d changes in Redis's log (this tracker fell behind and the log was cut); "
+                        "reloading the directory from Redis",
+                        int(n) - self._last_n - 1,
+                    )
+                    self._need_snapshot.set()
+                    break
+                self._last_n = int(n)
             self._last_id = entry_id
             if fields.get("origin") == self.owner:
                 continue  # this tracker's own change: applied locally already
@@ -361,8 +384,12 @@ class RedisState:
     def _snapshot(self) -> None:
         """Every record and deletion Redis holds, as one change for the mirror, and
         the log position to follow from (taken first: nothing falls in between)."""
-        last: list[Any] = self._reader.xrevrange(PREFIX + "log", count=1)  # type: ignore[assignment]
+        snap = self._reader.pipeline(transaction=True)  # the position and its number, as one
+        snap.xrevrange(PREFIX + "log", count=1)
+        snap.get(COUNTER)
+        last, counter = snap.execute()
         self._last_id = str(last[0][0]) if last else "0-0"
+        self._last_n = int(counter) if counter is not None and str(counter).isdigit() else None
         peers: dict[PeerKey, tuple[tuple[FileInfo, ...], tuple[tuple[str, Deletion], ...]]] = {}
         keys = list(self._reader.scan_iter(match=f"{PREFIX}peer:*", count=1000))
         pipe = self._reader.pipeline(transaction=False)
