@@ -98,16 +98,19 @@ class TransferView:
 
     path: str
     done: int
-    total: int
+    total: int  # 0 for an upload: the receiver decides how much it asks for (a delta: some runs)
     started: float  # time.monotonic()
+    to: str | None = None  # an upload: the peer it goes to; None: a download
 
 
 class Transfer:
     """One large download in flight; `done()` reads how far it got."""
 
-    def __init__(self, path: str, total: int, fd: int, start: int, progress: Callable[[], int] | None) -> None:
-        self.path, self.total, self._fd, self._start = path, total, fd, start
-        self._progress = progress  # written out of order (a chunked fetch): how far, counted by the writer
+    def __init__(
+        self, path: str, total: int, fd: int, start: int, progress: Callable[[], int] | None, to: str | None = None
+    ) -> None:
+        self.path, self.total, self._fd, self._start, self.to = path, total, fd, start, to
+        self._progress = progress  # written out of order (a chunked fetch), or sent: how far, counted by the writer
         self.started = time.monotonic()
 
     def done(self) -> int:
@@ -185,13 +188,20 @@ class Events:
 
     @contextlib.contextmanager
     def transfer(
-        self, path: str, total: int, fd: int, start: int = 0, progress: Callable[[], int] | None = None
+        self,
+        path: str,
+        total: int,
+        fd: int,
+        start: int = 0,
+        progress: Callable[[], int] | None = None,
+        to: str | None = None,
     ) -> Iterator[None]:
         """Show a download of `total` bytes into `fd` (positioned at `start`, or counted
-        by `progress`) while the block runs. The block must end before `fd` is
+        by `progress`) while the block runs; with `to`, an upload to that peer
+        (`progress` counts what was sent). The block must end before `fd` is
         closed: sampling holds the lock, so a closed (and perhaps reused)
         descriptor is never read."""
-        item = Transfer(path, total, fd, start, progress)
+        item = Transfer(path, total, fd, start, progress, to)
         with self._lock:
             self._transfers[id(item)] = item
         try:
@@ -202,7 +212,7 @@ class Events:
 
     def in_flight(self) -> list[TransferView]:
         with self._lock:
-            return [TransferView(t.path, t.done(), t.total, t.started) for t in self._transfers.values()]
+            return [TransferView(t.path, t.done(), t.total, t.started, t.to) for t in self._transfers.values()]
 
 
 class LogEvents:

@@ -60,6 +60,7 @@ class Hasher(Protocol):
 
 HEADER_MAX_BYTES = 256  # a Content-Length or Error line is short; anything longer is junk
 CHANGE_CHECK_BYTES = 64 * 1024 * 1024  # how often a sender checks that its file is unchanged
+SHOWN_STEP_BYTES = 4 * 1024 * 1024  # how often an upload someone watches counts what it sent
 SMALL_FILE_BYTES = 64 * 1024  # up to this, a reply is read and sent in one piece
 TLS_IO_BYTES = 1024 * 1024  # user-space TLS: file bytes move in writes (and reads) this large
 MIN_RATE_BYTES_S = 64 * 1024  # a transfer slower than this on average is cut off ...
@@ -79,9 +80,11 @@ def upload(
     limiter: RateLimiter | None = None,
     seal: Callable[[bytes], bytes] | None = None,
     length: int | None = None,
+    sent: Callable[[int], None] | None = None,
 ) -> int:
     """Answer a request: `Content-Length: (size - offset)\n`, then those bytes of `fd`
-    (with `length`, only that many from `offset`: a run of chunks).
+    (with `length`, only that many from `offset`: a run of chunks). `sent`, if
+    given, is told how many body bytes have gone out so far, every few MiB.
 
     `st` is the file's stat when it was opened. The file is checked between
     chunks, and once more before the last byte goes out: if it changed (size or
@@ -98,6 +101,8 @@ def upload(
         if limiter is not None:
             limiter.take(len(reply))
         _sendall(sock, reply)
+        if sent is not None:
+            sent(size - offset)
         return size - offset
     header = encode_header(size - offset)
     _sendall(sock, header if seal is None else seal(header.rstrip(b"\n")))
@@ -106,12 +111,16 @@ def upload(
     send = _send_from_file_tls if isinstance(sock, ssl.SSLSocket) and not kernel_sends(sock) else send_from_file
     position = offset
     step = CHANGE_CHECK_BYTES if limiter is None else limiter.slice_bytes
+    if sent is not None:
+        step = min(step, SHOWN_STEP_BYTES)
     while position < size:
         end = size if position == size - 1 else min(position + step, size - 1)
         if limiter is not None:
             limiter.take(end - position)
         send(sock, fd, position, end - position)
         position = end
+        if sent is not None:
+            sent(position - offset)
         if position < size:
             _check_unchanged(fd, st, True, position - offset)
     return size - offset

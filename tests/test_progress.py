@@ -42,6 +42,42 @@ def test_the_display_shows_transfers_the_round_and_events() -> None:
     assert events.in_flight() == []  # gone when its block ends, before its file closes
 
 
+def test_the_display_shows_uploads_apart_from_the_round() -> None:
+    events = Events()
+    console = Console(record=True, width=120, force_terminal=True, color_system=None)
+    display = LiveDisplay(events, console)
+    events.round_started(1, 4 << 20)
+    with events.transfer("vm.img", 0, -1, progress=lambda: 5 << 20, to="10.0.0.5"):
+        console.print(display._render())
+    screen = console.export_text()
+    row = next(line for line in screen.splitlines() if "vm.img" in line)
+    assert row.startswith("↑ vm.img") and "5.0 MiB sent" in row and "to 10.0.0.5" in row and "%" not in row
+    assert "round: 1 of 1 files, 4.0 MiB of 4.0 MiB left" in screen  # what is sent is not this round's download
+
+
+def test_a_holder_shows_what_it_uploads_while_it_goes(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    data = os.urandom(12 << 20)
+    (a / "big.bin").write_bytes(data)
+    tracker = start_tracker()
+    holder = engine(a, tracker.port, max_rate=4 << 20)  # ~3 s of upload to watch
+    wait_until(lambda: "big.bin" in tracker.directory.entries(), 20, "a to report")
+    seen: list[int] = []
+
+    def uploading() -> bool:
+        rows = [v for v in holder.events.in_flight() if v.to is not None and v.path == "big.bin"]
+        seen.extend(v.done for v in rows)
+        return bool(rows) and rows[0].to == LOOPBACK and rows[0].done > 0
+
+    engine(b, tracker.port)
+    wait_until(uploading, 20, "the upload to show on the holder")
+    wait_until(lambda: (b / "big.bin").exists(), 30, "the download to finish")
+    assert (b / "big.bin").read_bytes() == data
+    wait_until(lambda: holder.events.in_flight() == [], 10, "the row to go with the upload")
+    assert max(seen) <= len(data) and seen == sorted(seen)  # one row counting up, never past the file
+
+
 def test_the_idle_line_says_where_the_last_round_left_the_folder() -> None:
     from p2psync.events import Behind, RoundOutcome
 

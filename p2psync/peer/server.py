@@ -16,11 +16,13 @@ import os
 import queue
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from p2psync import transfer
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
+from p2psync.events import Events
 from p2psync.local import Folder
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake, wrap_server
 from p2psync.protocol import decode_request, encode_refusal
@@ -69,8 +71,10 @@ class FileServer:
         limiter: RateLimiter | None = None,
         group_key: bytes | None = None,
         use_tls: bool = False,
+        events: Events | None = None,
     ) -> None:
         self.listener = listener
+        self.events = events  # where uploads in flight are shown (the live display), if anywhere
         self._group_key = group_key  # members only: every connection proves it holds this key first
         self._tls = use_tls  # members only, encrypted: TLS with the swarm's certificate first
         self.limiter = limiter  # uploads' bandwidth limit, if any
@@ -141,6 +145,7 @@ class FileServer:
         conn = wrap_server(conn, self._group_key, self._tls)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
         held = _HeldReplies(conn, self.watchdog)
+        shown = _ShownUpload(self.events, who.rpartition(":")[0] or who) if self.events is not None else None
         with self._lock:
             self._active.add(conn)
         try:
@@ -148,12 +153,14 @@ class FileServer:
                 held.channel = self._shake(conn, reader, who)
                 if held.channel is None:
                     return
-            while not self._stopping.is_set() and self._answer(conn, reader, held, who):
+            while not self._stopping.is_set() and self._answer(conn, reader, held, who, shown):
                 pass
             held.send()  # what was answered before the client hung up or erred is still its due
         except (P2PSyncError, OSError) as exc:
             log.debug("peer %s: replies not delivered: %s", who, exc)
         finally:
+            if shown is not None:
+                shown.close()
             with self._lock:
                 self._active.discard(conn)
             conn.close()
@@ -170,7 +177,9 @@ class FileServer:
             log.info("peer %s: not a member of this swarm (%s); closing", who, type(exc).__name__)
             return None
 
-    def _answer(self, conn: socket.socket, reader: Buffer, held: _HeldReplies, who: str) -> bool:
+    def _answer(
+        self, conn: socket.socket, reader: Buffer, held: _HeldReplies, who: str, shown: _ShownUpload | None = None
+    ) -> bool:
         """Answer one request; whether the client asked to send another."""
         fd = -1
         try:
@@ -200,8 +209,9 @@ class FileServer:
                 held.send()
                 conn.settimeout(transfer.BASE_TRANSFER_S)
                 nbytes = st.st_size - request.offset if request.length is None else request.length
+                sent = shown.sending(request.name) if shown is not None else None
                 with self.watchdog.limit(conn, transfer.transfer_deadline(nbytes), "the upload"):
-                    upload(conn, fd, st, request.offset, self.limiter, seal, request.length)
+                    upload(conn, fd, st, request.offset, self.limiter, seal, request.length, sent)
             log.debug("served %s (from byte %d) to %s", request.name, request.offset, who)
             return request.keep_open
         except ConnectionClosed:
@@ -225,6 +235,37 @@ class FileServer:
             if fd >= 0:
                 os.close(fd)
         return False
+
+
+class _ShownUpload:
+    """The display's row for what one connection is sent of a large file: one row
+    per file, across the runs of chunks a receiver asks for one after another
+    (a delta's total is the receiver's to know: the row counts what was sent)."""
+
+    def __init__(self, events: Events, to: str) -> None:
+        self._events, self._to = events, to
+        self._row: contextlib.ExitStack | None = None
+        self._path: str | None = None
+        self._sent = 0  # read by the display's thread
+
+    def sending(self, path: str) -> Callable[[int], None]:
+        """Count an upload of `path` (a new row unless it is the file being sent)."""
+        if path != self._path:
+            self.close()
+            self._row = contextlib.ExitStack()
+            self._row.enter_context(self._events.transfer(path, 0, -1, progress=lambda: self._sent, to=self._to))
+            self._path, self._sent = path, 0
+        before = self._sent
+
+        def sent(nbytes: int) -> None:
+            self._sent = before + nbytes
+
+        return sent
+
+    def close(self) -> None:
+        if self._row is not None:
+            self._row.close()
+            self._row, self._path = None, None
 
 
 class _HeldReplies:

@@ -167,6 +167,7 @@ class FileSynchronizer(threading.Thread):
             RateLimiter(rate) if rate else None,
             settings.group_key,
             settings.tls,
+            events,
         )
         self._fetcher = Fetcher(
             self.folder,

@@ -1,6 +1,7 @@
 """The live terminal display of `p2psync sync`: each transfer in flight (path,
-bytes, rate, ETA), the round (files and bytes left, rate, ETA) and the last
-few events, drawn with rich and refreshed a few times a second.
+bytes, rate, ETA; uploads of large files: bytes sent, rate, to whom), the
+round (files and bytes left, rate, ETA) and the last few events, drawn with
+rich and refreshed a few times a second.
 
 It is fed by the engine's events (`p2psync.events`) and samples the transfers
 in flight when it redraws; the copy loops never call it. Log lines go
@@ -127,8 +128,17 @@ class LiveDisplay:
         for justify in ("left", "right", "right", "right", "right"):
             table.add_column(justify=justify)
         now = time.monotonic()
-        for t in sorted(flying, key=lambda t: t.path):
+        for t in sorted(flying, key=lambda t: (t.to is not None, t.path)):
             rate = t.done / max(now - t.started, 1e-3)
+            if t.to is not None:  # an upload: how much, not of how much (a delta asks for some runs)
+                table.add_row(
+                    Text(f"↑ {t.path}", style="bold", overflow="ellipsis", no_wrap=True),
+                    f"{size_text(t.done)} sent",
+                    "",
+                    f"{size_text(rate)}/s",
+                    f"to {t.to}",
+                )
+                continue
             percent = 100 * t.done / t.total if t.total else 100.0
             table.add_row(
                 Text(t.path, style="bold", overflow="ellipsis", no_wrap=True),
@@ -152,7 +162,7 @@ class LiveDisplay:
                 f"not in sync: {len(outcome.behind)} paths behind{held} (p2psync status DIR says which){last}",
                 style="yellow",
             )
-        done = self._done_bytes + sum(t.done for t in flying)
+        done = self._done_bytes + sum(t.done for t in flying if t.to is None)
         elapsed = max(time.monotonic() - self._round_started, 1e-3)
         rate = done / elapsed
         files_left = max(0, self._round.files - self._done_files)
