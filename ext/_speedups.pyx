@@ -84,17 +84,32 @@ cdef extern from *:
     #include <stdio.h>
     #include <sys/stat.h>
     #include <unistd.h>
+    /* Linking an anonymous file by its fd (AT_EMPTY_PATH) skips the /proc lookup;
+       kernels that want CAP_DAC_READ_SEARCH for it say ENOENT, and from then
+       on the /proc name is used. A hint shared by threads, so atomic. */
+    static int p2p_link_by_proc = 0;
+    static int p2p_link_anonymous(int fd, int dir_fd, const char *name) {
+        char path[64];
+        if (!__atomic_load_n(&p2p_link_by_proc, __ATOMIC_RELAXED)) {
+            if (linkat(fd, "", dir_fd, name, AT_EMPTY_PATH) == 0) return 0;
+            if (errno != ENOENT && errno != EPERM && errno != EINVAL) return -1;
+        }
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (linkat(AT_FDCWD, path, dir_fd, name, AT_SYMLINK_FOLLOW) < 0) return -1;
+        __atomic_store_n(&p2p_link_by_proc, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
     /* One file of link_new_files (see p2psync/_twin.py): its inode, 0 when the
        name is taken, -errno on failure. The anonymous file vanishes with its fd
-       unless linked, so every path but success leaves nothing behind. */
+       unless linked, so every path but success leaves nothing behind. Created
+       with `mode` already, it needs a chmod only where the umask took bits off. */
     static long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime, int mode) {
     #if defined(__linux__) && defined(O_TMPFILE)
-        char path[64];
         struct timespec times[2];
         struct stat st;
         ssize_t wrote;
         int fd, err;
-        fd = openat(dir_fd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0666);
+        fd = openat(dir_fd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, mode >= 0 ? (mode_t)mode : 0666);
         if (fd < 0) return -errno;
         while (n) {
             wrote = write(fd, data, n);
@@ -105,12 +120,11 @@ cdef extern from *:
             data += wrote;
             n -= (size_t)wrote;
         }
-        if (mode >= 0 && fchmod(fd, (mode_t)mode) < 0) goto fail;
         times[0].tv_sec = times[1].tv_sec = (time_t)mtime;
         times[0].tv_nsec = times[1].tv_nsec = 0;
         if (futimens(fd, times) < 0 || fstat(fd, &st) < 0) goto fail;
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        if (linkat(AT_FDCWD, path, dir_fd, name, AT_SYMLINK_FOLLOW) < 0) {
+        if (mode >= 0 && (int)(st.st_mode & 07777) != mode && fchmod(fd, (mode_t)mode) < 0) goto fail;
+        if (p2p_link_anonymous(fd, dir_fd, name) < 0) {
             if (errno == EEXIST) {
                 close(fd);
                 return 0;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -288,8 +289,9 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
 
 def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple[bytes, bytes, int, int]]) -> list[int]:
     """Create each `(name, data, mtime[, mode])` in the folder `dir_fd` complete or
-    not at all: written as an anonymous file (`O_TMPFILE`, created 0666 less the
-    umask, then given `mode` when one is given and not -1), stamped with `mtime`
+    not at all: written as an anonymous file (`O_TMPFILE`, created with `mode`
+    when one is given and not -1, and chmodded to it if the umask took bits
+    off; else 0666 less the umask), stamped with `mtime`
     (whole seconds), then linked under `name`, which never replaces anything.
 
     Returns one number per file, in order: its inode when created; 0 when
@@ -303,16 +305,17 @@ def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple
         name, data, mtime = item[0], item[1], item[2]
         mode = item[3] if len(item) > 3 else -1
         try:
-            fd = os.open(".", os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+            fd = os.open(".", os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, mode if mode >= 0 else 0o666, dir_fd=dir_fd)
         except OSError as exc:
             results.append(-(exc.errno or 1))
             break
         try:
             _write_all(fd, memoryview(data))
-            if mode >= 0:
-                os.fchmod(fd, mode)
             os.utime(fd, (mtime, mtime))
-            inode = os.fstat(fd).st_ino
+            st = os.fstat(fd)
+            inode = st.st_ino
+            if mode >= 0 and stat.S_IMODE(st.st_mode) != mode:  # created with it, less the umask
+                os.fchmod(fd, mode)
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
             results.append(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,21 @@ def test_link_new_files_creates_each_complete_with_its_mtime(impl, tmp_path: Pat
     for name, data, mtime in files:
         assert (tmp_path / name.decode()).read_bytes() == data
         assert os.stat(tmp_path / name.decode()).st_mtime_ns == mtime * 1_000_000_000
+
+
+def test_link_new_files_gives_each_its_mode_whatever_the_umask(impl, tmp_path: Path) -> None:
+    """Created with its mode, chmodded only where the umask took bits off: the
+    result is the mode asked for either way, and 0666 less the umask without one."""
+    old = os.umask(0o027)
+    fd = _dir(tmp_path)
+    try:
+        files = [(b"open", b"1", 1, 0o666), (b"kept", b"2", 1, 0o640), (b"bare", b"3", 1, 0), (b"none", b"4", 1, -1)]
+        assert all(n > 0 for n in impl.link_new_files(fd, files))
+    finally:
+        os.close(fd)
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"open": 0o666, "kept": 0o640, "bare": 0, "none": 0o640}
 
 
 def test_link_new_files_never_replaces_and_leaves_nothing(impl, tmp_path: Path) -> None:
