@@ -16,8 +16,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+from p2psync.records import quick_frozen
 
 __all__ = [
     "Behind",
@@ -48,6 +50,7 @@ class Kind(enum.Enum):
     HELD_BACK = "held back"  # a deletion the brake kept from happening
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class Event:
     kind: Kind
@@ -165,11 +168,16 @@ class Events:
             self._listeners.remove(listener)
 
     def emit(self, kind: Kind, path: str, size: int = 0, detail: str = "", received: int | None = None) -> None:
-        event = Event(kind, path, size, detail, received)
+        self.emit_all([Event(kind, path, size, detail, received)])
+
+    def emit_all(self, events: Sequence[Event]) -> None:
+        """Tell every listener of each of `events`, in order (a batch of installs: one
+        look at the listeners for all of them)."""
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(event)
+            for event in events:
+                listener(event)
 
     def round_ended(self, outcome: RoundOutcome) -> None:
         self.last_outcome = outcome

@@ -31,6 +31,7 @@ DEFAULT_PATTERNS = (f"/{STATE_DIR}/", f"/{IGNORE_FILE}", "*.part", "*.swp", "*~"
 _LITTER_SUFFIXES = (PART_SUFFIX, ".swp", "~")
 _LITTER_NAMES = (".DS_Store", "Thumbs.db")
 _CLASSIC_LEFT_OUT = (*CLASSIC_IGNORED_SUFFIXES, PART_SUFFIX)
+_SYNCED_MAX = 1 << 18  # remembered paths: a tree of 100,000 files fits twice over
 
 
 class IgnoreRules:
@@ -40,6 +41,9 @@ class IgnoreRules:
         self.classic = classic
         self.patterns = tuple(patterns)
         self._spec: pathspec.GitIgnoreSpec | None = None
+        # Paths found to sync: every round asks again for every path (scanning,
+        # deciding, installing), and the answer never changes for one set of rules.
+        self._synced: set[str] = set()
         if self.patterns:
             import pathspec  # only for a folder with patterns of its own: a quicker start for the rest
 
@@ -86,6 +90,16 @@ class IgnoreRules:
 
     def why_not(self, path: str) -> str | None:
         """Why the file at `path` does not sync, or None when it does."""
+        if type(path) is str and path in self._synced:  # (an unhashable non-path gets its answer below)
+            return None
+        why = self._why_not(path)
+        if why is None:
+            if len(self._synced) >= _SYNCED_MAX:
+                self._synced.clear()  # bounded: a stream of new names cannot grow it without end
+            self._synced.add(path)
+        return why
+
+    def _why_not(self, path: str) -> str | None:
         try:
             safe_path(path)
         except UnsafeName as exc:

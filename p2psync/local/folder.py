@@ -39,6 +39,7 @@ from p2psync.ignore import STATE_DIR, IgnoreRules
 from p2psync.paths import MAX_DEPTH, safe_path
 from p2psync.protocol import FileInfo
 from p2psync.protocol.chunks import ChunkList, decode_chunk_list
+from p2psync.records import quick_frozen
 from p2psync.sync.versions import Deletion, Vector, Version, bump, merge
 
 from .chunks import chunk_fd, hash_and_cut
@@ -81,6 +82,7 @@ CHUNK_SOURCES = 4  # other files a delta may copy chunks from
 CHUNK_CANDIDATES = 256  # large files whose lists are read to find them (each list: ~36 bytes a chunk)
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class LocalFile:
     """A regular file of the folder as one scan saw it; `name` is its relative path."""
@@ -863,7 +865,7 @@ class Folder:
         a path that is taken goes the way of a partial download. Raises
         `UnsafeName` for a path that may not be written here, before writing anything.
         """
-        items = [Install(*d) for d in downloads]
+        items = [d if type(d) is Install else Install(*d) for d in downloads]
         for item in items:
             self._check_synced(item.name)
         by_folder: dict[str, list[int]] = {}
@@ -902,12 +904,11 @@ class Folder:
         """Verified downloads `(path, key, mode, sha256, mtime, vector)` are in place:
         their hashes are known (never read again) and, from p2psync sources, they
         are the versions agreed on with the network."""
-        rows = []
+        rows, hashes = [], {}
         for path, key, mode, sha256, mtime, vector in installed:
             if sha256 is None:
                 continue
-            with self._lock:
-                self._hashes[key] = sha256
+            hashes[key] = sha256
             version = Version(mtime, key[0], sha256, mode, vector)
             row = IndexRow(path, key[0], key[1], mode, key[2], sha256, vector, version)
             rows.append(row)
@@ -915,7 +916,8 @@ class Folder:
             self._last[path] = _local_file(row)
             self._own_deletions.pop(path, None)
         if rows:
-            with self._lock:
+            with self._lock:  # once for the batch
+                self._hashes.update(hashes)
                 self.generation += 1
                 self._unwritten += rows
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from p2psync.records import quick_frozen
 from p2psync.sync.versions import Deletion, Vector, Version
 
 __all__ = ["INDEX_FILE", "Index", "IndexRow"]
@@ -63,6 +64,7 @@ def _vector(text: str | None) -> Vector:
     return tuple((peer, int(n)) for peer, _, n in pairs)
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class IndexRow:
     """One path as the last scan saw it, and the version last agreed on."""

@@ -28,7 +28,7 @@ from typing import Any
 from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
-from p2psync.events import Events, Kind, size_text
+from p2psync.events import Event, Events, Kind, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.chunks import verified_prefix, verify_chunks
 from p2psync.local.fileops import hash_fd
@@ -659,7 +659,11 @@ class _BatchInstaller:
                 self._failure = exc
                 self._give_back.extend(wanted for wanted, _ in verified)
                 continue
-            for (_, install), ok in zip(verified, done, strict=True):
-                if ok:
-                    self._events.emit(Kind.FETCHED, install.name, len(install.data), self._where)
+            self._events.emit_all(
+                [
+                    Event(Kind.FETCHED, install.name, len(install.data), self._where)
+                    for (_, install), ok in zip(verified, done, strict=True)
+                    if ok
+                ]
+            )
             self._installed += sum(done)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2psync.errors import ProtocolError
+from p2psync.records import quick_frozen
 from p2psync.sync.versions import Deletion, Vector, Version
 
 from .common import _SHA256_HEX, _shown
@@ -33,6 +34,7 @@ MAX_VECTOR = 64  # peers in one version vector: one per peer that ever changed t
 MAX_DELETIONS_PER_PATH = 8  # deletions of different versions of one path the tracker lists
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class FileInfo:
     """One file as a peer reports it: classic `name` and `mtime`, plus extensions."""
@@ -84,6 +86,7 @@ class PeerMessage:
     since: str | None = None  # the directory generation it holds: a delta reply will do
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class DirectoryEntry:
     """Where the newest version of one file lives, as the tracker tells it."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from p2psync.records import quick_frozen
+
 __all__ = ["Deletion", "Vector", "Version", "bump", "covers", "merge", "newest", "order_key", "pick"]
 
 Vector = tuple[tuple[str, int], ...]  # sorted (peer id, counter) pairs
@@ -43,6 +45,7 @@ def covers(a: Vector, b: Vector) -> bool:
     return all(counters.get(peer, 0) >= n for peer, n in b)
 
 
+@quick_frozen
 @dataclass(frozen=True)
 class Version:
     """One version of one file: its mtime (whole seconds, the classic unit) and,
