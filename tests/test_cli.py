@@ -70,6 +70,12 @@ def run(env: dict[str, str]) -> Iterator:
 P2PSYNC = [sys.executable, "-m", "p2psync.cli"]
 
 
+def _holder_and_join(run, tmp_path: Path, folder: Path, *extra: str) -> tuple[Running, str]:
+    """`p2psync sync FOLDER` on an embedded tracker, and the address its banner says to join."""
+    holder = run([*P2PSYNC, "sync", str(folder), "--port", "0", "--tracker-port", str(free_port()), *extra], tmp_path)
+    return holder, holder.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+
+
 def test_version_names_the_backend(env: dict[str, str], impl: ModuleType) -> None:
     out = subprocess.run([*P2PSYNC, "--version"], env=env, capture_output=True, text=True, check=True).stdout
     backend = "python" if impl.__name__.endswith("_twin") else "cython"
@@ -100,12 +106,8 @@ def test_embedded_default_and_a_joining_folder(run, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     (first / "hello.txt").write_text("hello from the first folder")
-    tracker_port = free_port()
-    a = run(
-        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--interval", "0.3"],
-        tmp_path,
-    )
-    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    a, join = _holder_and_join(run, tmp_path, first, "--interval", "0.3")
+    tracker_port = int(a.proc.args[a.proc.args.index("--tracker-port") + 1])
     assert join == f"127.0.0.1:{tracker_port}"
     b = run([*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"], tmp_path)
     wait_until(lambda: (second / "hello.txt").exists(), 30, "the file to reach the joining folder")
@@ -125,12 +127,7 @@ def test_a_download_killed_midway_resumes_after_the_bytes_it_wrote(run, tmp_path
     first.mkdir()
     data = os.urandom(3 << 20)  # sent as one stream (below the chunked size), kept for a resume
     (first / "big.bin").write_bytes(data)
-    tracker_port = free_port()
-    a = run(
-        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--max-rate", "600K"],
-        tmp_path,
-    )
-    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    a, join = _holder_and_join(run, tmp_path, first, "--max-rate", "600K")
     args = [*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"]
     b = run(args, tmp_path)
     partials = second / ".p2psync"
@@ -183,12 +180,7 @@ def test_kill_9_in_the_middle_of_a_round_loses_nothing(run, tmp_path: Path) -> N
     original = tree(first)
     second.mkdir()
     (second / "mine.txt").write_text("written here before the kill")
-    tracker_port = free_port()
-    a = run(
-        [*P2PSYNC, "sync", str(first), "--port", "0", "--tracker-port", str(tracker_port), "--interval", "0.3"],
-        tmp_path,
-    )
-    join = a.wait_for(r"p2psync sync OTHER_DIR --tracker (127\.0\.0\.1:\d+)").group(1)
+    a, join = _holder_and_join(run, tmp_path, first, "--interval", "0.3")
     args = [*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3"]
     b = run(args, tmp_path)
     wait_until(lambda: sum(n.endswith(".bin") for n in names(second)) >= 5, 60, "the first downloads")
@@ -246,3 +238,4 @@ def test_a_second_sync_of_one_folder_is_refused(run, env, tmp_path: Path) -> Non
     assert "already syncing" in second.stderr and "Traceback" not in second.stderr
     assert first.proc.poll() is None  # the first goes on
     assert first.interrupt() == 0
+
