@@ -223,6 +223,13 @@ def _join_line(port: int) -> str:
 # ------------------------------------------------------------------ tracker
 
 
+def _announcer(quiet: int) -> Callable[[str], None]:
+    """The banner and the "stopped" line, on stdout; -qq (errors only) leaves them out."""
+    if quiet >= 2:
+        return lambda line: None
+    return lambda line: print(line, flush=True)
+
+
 def _run_tracker(args: argparse.Namespace) -> int:
     opts = resolve(TRACKER_OPTIONS, args, args.config)
     if args.print_config:
@@ -246,12 +253,13 @@ def _run_tracker(args: argparse.Namespace) -> int:
         opts["port"],
     )
     tracker.start()
+    say = _announcer(args.quiet)
     where = f" sharing {opts['state']}" if shared is not None else ""
-    print(f"p2psync tracker on {opts['host']}:{tracker.port}{where}. Peers join with:", flush=True)
-    print(_join_line(tracker.port) + _member_flags(key, use_tls), flush=True)
+    say(f"p2psync tracker on {opts['host']}:{tracker.port}{where}. Peers join with:")
+    say(_join_line(tracker.port) + _member_flags(key, use_tls))
     _wait_for_interrupt(tracker)
     tracker.exit()
-    print("tracker stopped", flush=True)
+    say("tracker stopped")
     return 0
 
 
@@ -394,15 +402,16 @@ def _run_sync(args: argparse.Namespace) -> int:
     if args.once:
         return _sync_once(peer, f"{host}:{port}", console, events)
     peer.start()
-    print(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}", flush=True)
+    say = _announcer(args.quiet)
+    say(f"p2psync {__version__} ({BACKEND} core): syncing {folder}, serving files on port {peer.port}")
     if tracker is not None:
-        print(f"Embedded tracker on port {tracker.port}. On another machine, join with:", flush=True)
+        say(f"Embedded tracker on port {tracker.port}. On another machine, join with:")
         keyed = _member_flags(settings.group_key, settings.tls)
-        print(_join_line(tracker.port) + keyed, flush=True)
-        print(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}{keyed}", flush=True)
+        say(_join_line(tracker.port) + keyed)
+        say(f"On this machine: p2psync sync OTHER_DIR --tracker 127.0.0.1:{tracker.port}{keyed}")
     else:
-        print(f"Tracker: {', '.join(f'{h}:{p}' for h, p in opts['tracker'])}", flush=True)
-    print("Ctrl-C stops.", flush=True)
+        say(f"Tracker: {', '.join(f'{h}:{p}' for h, p in opts['tracker'])}")
+    say("Ctrl-C stops.")
     if console is not None:
         from .ui.progress import LiveDisplay
 
@@ -413,7 +422,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     peer.exit()
     if tracker is not None:
         tracker.exit()
-    print("stopped", flush=True)
+    say("stopped")
     return 0
 
 

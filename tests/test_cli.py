@@ -239,3 +239,17 @@ def test_a_second_sync_of_one_folder_is_refused(run, env, tmp_path: Path) -> Non
     assert first.proc.poll() is None  # the first goes on
     assert first.interrupt() == 0
 
+
+def test_qq_prints_nothing_but_errors(run, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    (first / "hello.txt").write_text("hello")
+    a, join = _holder_and_join(run, tmp_path, first, "--interval", "0.3")
+    b = run([*P2PSYNC, "sync", str(second), "--port", "0", "--tracker", join, "--interval", "0.3", "-qq"], tmp_path)
+    wait_until(lambda: (second / "hello.txt").exists(), 30, "the file to reach the quiet folder")
+    (second / "reply.txt").write_text("quietly back")
+    wait_until(lambda: (first / "reply.txt").exists(), 30, "the quiet folder's file to reach the first")
+    for proc in (b, a):
+        assert proc.interrupt() == 0, proc.output
+    assert b.output == ""  # no banner, no file lines, no "stopped"
+    assert "stopped" in a.output  # the other, not quiet, still says what it does
