@@ -85,9 +85,9 @@ def engine() -> Iterator[Callable[..., FileSynchronizer]]:
     """Start p2psync peers as the `p2psync sync` command runs them; all stopped after the test."""
     made: list[FileSynchronizer] = []
 
-    def start(folder: Path, tracker_port: int, **settings: object) -> FileSynchronizer:
+    def start(folder: Path, tracker_port: int, settings: PeerSettings = FAST, **kwargs: object) -> FileSynchronizer:
         folder.mkdir(exist_ok=True)
-        peer = FileSynchronizer("127.0.0.1", tracker_port, 0, "127.0.0.1", folder=folder, settings=FAST, **settings)
+        peer = FileSynchronizer("127.0.0.1", tracker_port, 0, "127.0.0.1", folder=folder, settings=settings, **kwargs)
         peer.start()
         made.append(peer)
         return peer

@@ -156,6 +156,12 @@ class Swarm:
         if isinstance(old, Version) and old.sha256 != sha:
             self.replaced.add(old.sha256 or "")  # the user's own edit replaced it
 
+    def copy(self, peer: ModelPeer, path: str, other: ModelPeer) -> None:
+        """Place on `peer` the bytes `other` holds at `path` (copied by hand, before
+        or after the two ever met): a new version here, the same content."""
+        if path in other.files and other is not peer:
+            self._write(peer, path, other.files[path].sha256 or "")
+
     def delete(self, peer: ModelPeer, path: str) -> None:
         if path in peer.files:
             gone = peer.files.pop(path).sha256 or ""
@@ -208,6 +214,10 @@ class Swarm:
                 assert local is not None
                 peer.trash.append(peer.files.pop(path))
             if peer.files.get(path) is not None and remote is not None and peer.files[path].same_content(remote):
+                # Agreeing as Folder.agree does: the first time, the network's lineage; after, both.
+                here = peer.files[path]
+                first = path not in peer.base and bool(remote.vector)
+                peer.files[path] = replace(here, vector=remote.vector if first else merge(here.vector, remote.vector))
                 peer.base[path] = peer.files[path]
             elif path not in peer.files and remote is None:
                 peer.base.pop(path, None)
@@ -216,7 +226,9 @@ class Swarm:
 
 PATHS = ["a", "b", "d/c"]
 OPS = st.lists(
-    st.tuples(st.sampled_from(["edit", "delete", "restore", "sync"]), st.integers(0, 2), st.sampled_from(PATHS)),
+    st.tuples(
+        st.sampled_from(["edit", "delete", "restore", "copy", "sync"]), st.integers(0, 2), st.sampled_from(PATHS)
+    ),
     max_size=60,
 )
 
@@ -233,6 +245,8 @@ def test_any_interleaving_converges_and_loses_nothing(ops: list[tuple[str, int, 
             swarm.delete(peer, path)
         elif op == "restore":
             swarm.restore(peer, path)
+        elif op == "copy":
+            swarm.copy(peer, path, swarm.peers[(who + 1) % peers])
         else:
             swarm.round(peer)
     for _ in range(12):  # everyone online again: rounds until nothing moves

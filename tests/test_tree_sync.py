@@ -4,6 +4,7 @@ ignore rules, modes, renames, races, and mixed networks with classic programs.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from p2psync.local import STATE_DIR, TRASH_DIR, Folder
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
+from .conftest import FAST
 from .folders import tree
 from .holders import Holder, sha
 from .loopback import LOOPBACK, wait_until
@@ -198,6 +200,28 @@ def test_the_same_bytes_on_both_sides_are_no_conflict(tmp_path: Path, start_trac
     wait_until(lambda: int((a / "same.txt").stat().st_mtime) == 1_700_000_500, 20, "the newer stamp")
     pb.sync()
     assert set(tree(a)) == set(tree(b)) == {"same.txt"}
+
+
+def test_a_copy_placed_on_two_peers_then_edited_on_one_is_no_conflict(tmp_path: Path, start_tracker, engine) -> None:
+    """The same bytes placed on two peers before they ever met carry two lineages. The
+    peer that agrees takes the network's; an edit made from it elsewhere then simply
+    replaces its copy (it was never changed here), with no conflict copy."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "same.txt", "identical", 1_700_000_000)
+    write(b / "same.txt", "identical", 1_700_000_500)  # b's is listed (newer); a agrees by a stamp
+    tracker = start_tracker()
+    rare = dataclasses.replace(FAST, interval=3600.0)  # b rounds only when the test says so
+    pb = engine(b, tracker.port, rare)
+    wait_until(lambda: pb.folder.base("same.txt") is not None, 20, "b's first round")
+    wait_until(lambda: "same.txt" in tracker.directory.entries(), 20, "the tracker to list b's copy")
+    pa = engine(a, tracker.port)
+    wait_until(lambda: pa.folder.base("same.txt") is not None, 20, "a to agree on b's copy")
+    assert int((a / "same.txt").stat().st_mtime) == 1_700_000_500  # stamped, not fetched
+    write(b / "same.txt", "b's edit", 1_700_001_000)
+    pb.sync()  # b reports its edit, made from its own copy, before it ever heard of a's lineage
+    wait_until(lambda: (a / "same.txt").read_bytes() == b"b's edit", 20, "the edit to reach a")
+    assert set(tree(a)) == {"same.txt"}  # a conflict copy would be made before the fetch
+    assert trash(a) == {}
 
 
 def test_a_file_and_a_folder_of_one_name_end_in_a_conflict_copy(tmp_path, start_tracker, engine) -> None:

@@ -431,13 +431,20 @@ class Folder:
     def agree(self, agreed: Iterable[tuple[str, Version]]) -> None:
         """Record that the network has these versions of these paths, as this folder
         does: each becomes the path's base, and the local version takes on the
-        vector of both (so the next report carries what the network knows)."""
+        vector of both (so the next report carries what the network knows).
+
+        A path agreed on for the first time takes the network's vector as it is:
+        the same bytes made here apart (a copy placed on two peers) have no
+        lineage of their own worth keeping, and a merged vector would make the
+        next edit elsewhere, made from the network's version, look made apart
+        from ours: a needless conflict copy."""
         rows = []
         for path, version in agreed:
             row = self._rows.get(path)
             if row is None:
                 continue
-            vector = merge(row.vector, version.vector)
+            first = row.base is None and bool(version.vector)
+            vector = version.vector if first else merge(row.vector, version.vector)
             base = Version(version.mtime, version.size, version.sha256, version.mode, vector)
             if row.base == base and row.base.vector == vector and row.vector == vector:
                 continue
