@@ -147,6 +147,39 @@ def test_malformed_resume_requests(line: bytes) -> None:
         decode_request(line)
 
 
+@given(
+    st.integers(0, 10**20 - 1),
+    st.text("0123456789abcdef", min_size=64, max_size=64),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 10**20 - 1)),
+    st.booleans(),
+)
+def test_every_extended_request_round_trips(
+    offset: int, sha: str, keep: bool, length: int | None, chunks: bool
+) -> None:
+    # The pipelined form is read by one match; every other by the full check: the same answer.
+    line = encode_request("dir/f.bin", offset, sha, keep, length, chunks)
+    classic = not (offset or keep or chunks) and length is None  # then the classic form, no version
+    want = FileRequest("dir/f.bin") if classic else FileRequest("dir/f.bin", offset, sha, keep, length, chunks)
+    assert decode_request(line[:-1]) == want
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"1" * 21 + b"\x00" + SHA.encode() + b"\x00keep-open",  # an offset past 20 digits
+        b"0\x00" + SHA.upper().encode() + b"\x00keep-open",  # the hash in capitals
+        b"0\x00" + SHA.encode()[:-1] + b"\x00keep-open",  # 63 digits
+        b"0\x00" + SHA.encode() + b"\x00keep-open\x00keep-open",  # a flag twice
+        b"0\x00" + SHA.encode() + b"\x00keep-openx",
+        b"-0\x00" + SHA.encode() + b"\x00keep-open",
+    ],
+)
+def test_near_misses_of_the_pipelined_request_are_refused(tail: bytes) -> None:
+    with pytest.raises(ProtocolError, match="bad extended request"):
+        decode_request(b"a.txt\x00" + tail)
+
+
 @pytest.mark.parametrize(
     "line",
     [
