@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from p2psync.errors import UnsafeName
-from p2psync.local import Folder
+from p2psync.ignore import IgnoreRules
+from p2psync.local import Folder, OpenFolders
 from p2psync.local.fileops import reserve_space
 
 from .holders import sha
@@ -177,6 +178,39 @@ def test_paths_through_missing_folders_files_and_symlinks_leak_or_close_no_descr
             folder.open_for_serving(path)
     assert folder.stat("real/file.txt") is not None
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_folders_kept_open_for_a_burst_refuse_symlinks_and_close_everything(tmp_path: Path) -> None:
+    """A server keeps subfolder descriptors for a burst of requests: every way a path
+    can fail still fails, a folder swapped for a symlink is not followed by the
+    next burst, and closing the burst closes every descriptor it opened, once."""
+    dst = tmp_path / "dst"
+    (dst / "real").mkdir(parents=True)
+    (dst / "real/a.txt").write_text("a")
+    (dst / "real/b.txt").write_text("b")
+    (dst / "afile").write_text("x")
+    os.symlink(tmp_path, dst / "link")
+    (tmp_path / "b.txt").write_text("outside the folder")
+    tree_folder = Folder(dst, IgnoreRules.tree())
+    before = sorted(os.listdir("/proc/self/fd"))
+    burst = OpenFolders(tree_folder)
+    try:
+        for name, body in (("real/a.txt", b"a"), ("real/b.txt", b"b")):
+            fd, _ = tree_folder.open_for_serving(name, burst)
+            assert os.pread(fd, 10, 0) == body
+            os.close(fd)
+        for path in ("missing/a/b.txt", "real/missing/b.txt", "afile/b.txt", "link/b.txt", "real/a.txt/x"):
+            with pytest.raises((OSError, UnsafeName)):
+                tree_folder.open_for_serving(path, burst)
+        burst.close()
+        os.rename(dst / "real", tmp_path / "moved")  # between two bursts: a symlink out of the folder
+        os.symlink(tmp_path, dst / "real")
+        with pytest.raises(UnsafeName, match="not a folder here"):
+            tree_folder.open_for_serving("real/b.txt", burst)
+        burst.close()
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    finally:
+        tree_folder.close()
 
 
 def test_a_conflict_copy_never_replaces_another(folder: Folder, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 index, watching. Nothing here parses a message."""
 
 from .fileops import ANY, DEFAULT_MODE, sync_mode
-from .folder import STATE_DIR, TRASH_DIR, Folder, Install, LocalFile, get_file_info
+from .folder import STATE_DIR, TRASH_DIR, Folder, Install, LocalFile, OpenFolders, get_file_info
 from .index import Index, IndexRow
 from .partial import PartialFile
 
@@ -16,6 +16,7 @@ __all__ = [
     "IndexRow",
     "Install",
     "LocalFile",
+    "OpenFolders",
     "PartialFile",
     "get_file_info",
     "sync_mode",

@@ -70,6 +70,7 @@ __all__ = [
     "Folder",
     "Install",
     "LocalFile",
+    "OpenFolders",
     "PartialFile",
     "get_file_info",
     "sync_mode",
@@ -117,6 +118,34 @@ class Install(NamedTuple):
     mode: int | None = None
     expect: Any = ANY  # ANY, None (the name must be free) or the Key of the file it may replace
     vector: Vector = ()
+
+
+class OpenFolders:
+    """Descriptors of a folder's subfolders, kept open while a burst of requests
+    is served (each opened component by component, never through a symlink, as
+    `Folder._parent` does), so a hundred files of one subfolder cost one walk
+    instead of a hundred. Closed when the burst ends: a folder moved or
+    replaced meanwhile is seen as it is by the next burst."""
+
+    MAX_OPEN = 64  # past it, all are closed and opened again as asked for
+
+    def __init__(self, folder: Folder) -> None:
+        self._folder = folder
+        self._fds: dict[str, int] = {}
+
+    def get(self, subfolder: str, path: str) -> int:
+        """The descriptor of `subfolder` (where `path`, a checked path, lives)."""
+        fd = self._fds.get(subfolder)
+        if fd is None:
+            if len(self._fds) >= self.MAX_OPEN:
+                self.close()
+            fd = self._fds[subfolder] = self._folder._open_folder(subfolder, False, path)
+        return fd
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
 
 def get_file_info() -> list[dict[str, Any]]:
@@ -216,15 +245,25 @@ class Folder:
         if not folder:
             yield self._dir_fd, leaf
             return
-        fd = self._step(self._dir_fd, folder.split("/")[0], create, path)
+        fd = self._open_folder(folder, create, path)
         try:
-            for part in folder.split("/")[1:]:
-                sub = self._step(fd, part, create, path)
-                os.close(fd)
-                fd = sub
             yield fd, leaf
         finally:
             os.close(fd)
+
+    def _open_folder(self, folder: str, create: bool, path: str) -> int:
+        """A new descriptor of the subfolder `folder` (of `path`), opened one component at a time."""
+        parts = folder.split("/")
+        fd = self._step(self._dir_fd, parts[0], create, path)
+        try:
+            for part in parts[1:]:
+                sub = self._step(fd, part, create, path)
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     @staticmethod
     def _step(fd: int, part: str, create: bool, path: str) -> int:
@@ -765,16 +804,22 @@ class Folder:
 
     # ------------------------------------------------------------ serving
 
-    def open_for_serving(self, name: str) -> tuple[int, os.stat_result]:
+    def open_for_serving(self, name: str, folders: OpenFolders | None = None) -> tuple[int, os.stat_result]:
         """Open a file to serve: `(fd, stat)`. The caller closes the fd.
+        `folders`: subfolder descriptors to reuse and keep (a burst of requests).
 
         Raises `UnsafeName` for a path that is not a servable file of this
         folder (unsafe, ignored, through or at a symlink, not a regular file)
         and `FileNotFoundError` when there is no such file.
         """
         self._check_synced(name)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
         try:
-            fd = self._open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            if folders is None or "/" not in name:
+                fd = self._open(name, flags)
+            else:
+                folder, _, leaf = name.rpartition("/")
+                fd = os.open(leaf, flags | O_NOFOLLOW | O_CLOEXEC, dir_fd=folders.get(folder, name))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafeName(f"{name!r} is a symbolic link") from None

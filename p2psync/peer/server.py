@@ -23,7 +23,7 @@ from p2psync import transfer
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
 from p2psync.events import Events
-from p2psync.local import Folder
+from p2psync.local import Folder, OpenFolders
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake, wrap_server
 from p2psync.protocol import decode_request, encode_refusal
 from p2psync.protocol.auth import Channel
@@ -145,6 +145,7 @@ class FileServer:
         conn = wrap_server(conn, self._group_key, self._tls)
         reader = Buffer(conn, self.buffer_size, MAX_REQUEST_BYTES)
         held = _HeldReplies(conn, self.watchdog)
+        folders = OpenFolders(self.folder)  # for one burst of pipelined requests
         shown = _ShownUpload(self.events, who.rpartition(":")[0] or who) if self.events is not None else None
         with self._lock:
             self._active.add(conn)
@@ -153,12 +154,13 @@ class FileServer:
                 held.channel = self._shake(conn, reader, who)
                 if held.channel is None:
                     return
-            while not self._stopping.is_set() and self._answer(conn, reader, held, who, shown):
+            while not self._stopping.is_set() and self._answer(conn, reader, held, who, shown, folders):
                 pass
             held.send()  # what was answered before the client hung up or erred is still its due
         except (P2PSyncError, OSError) as exc:
             log.debug("peer %s: replies not delivered: %s", who, exc)
         finally:
+            folders.close()
             if shown is not None:
                 shown.close()
             with self._lock:
@@ -178,13 +180,21 @@ class FileServer:
             return None
 
     def _answer(
-        self, conn: socket.socket, reader: Buffer, held: _HeldReplies, who: str, shown: _ShownUpload | None = None
+        self,
+        conn: socket.socket,
+        reader: Buffer,
+        held: _HeldReplies,
+        who: str,
+        shown: _ShownUpload | None = None,
+        folders: OpenFolders | None = None,
     ) -> bool:
         """Answer one request; whether the client asked to send another."""
         fd = -1
         try:
             line = reader.poll_line()  # pipelined: the next request may be here already
             if line is None:
+                if folders is not None:
+                    folders.close()  # the burst is over: the next one walks the folders afresh
                 held.send()  # the client has asked for nothing more yet: give it what it asked for
                 conn.settimeout(REQUEST_TIMEOUT_S)
                 with self.watchdog.limit(conn, REQUEST_TIMEOUT_S, "the request"):
@@ -192,7 +202,7 @@ class FileServer:
             if held.channel is not None:
                 line = held.channel.open(line)
             request = decode_request(line)
-            fd, st = self.folder.open_for_serving(request.name)
+            fd, st = self.folder.open_for_serving(request.name, folders)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
             seal = held.channel.seal if held.channel is not None else None
