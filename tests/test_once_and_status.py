@@ -178,6 +178,7 @@ def test_status_lists_conflict_copies_and_the_trash(cli, tmp_path: Path) -> None
     assert doc["trash"] == ["old/notes.txt"]
     table = cli("status", str(folder))
     assert "Conflict copies: 1" in table.stdout and "old/notes.txt" in table.stdout
+    assert "Trash (.p2psync/trash/): 1\n" in table.stdout  # a heading on one line, however narrow the table
 
 
 def test_status_errors_exit_2(cli, tmp_path: Path) -> None:

@@ -54,7 +54,10 @@ def _when(seconds: int) -> str:
 def _table(console: Console, title: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]]) -> None:
     if not rows:
         return
-    table = Table(title=f"{title}: {len(rows)}", title_justify="left", show_edge=False)
+    # The heading is a line of its own: as the table's title it would be wrapped to
+    # the table's width, and a one-column table of short paths is narrow.
+    console.print(f"[bold]{title}: {len(rows)}[/]")
+    table = Table(show_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows[:SHOWN_ROWS]:
