@@ -82,17 +82,22 @@ class RoundSummary:
     def line(self) -> str:
         network = "" if self.received is None else f", {size_text(self.received)} of it over the network"
         took = f"{size_text(self.bytes)} in {self.seconds:.2f} s, {size_text(self.rate)}/s{network}"
-        parts = [f"{self.fetched} fetched ({took})"]
-        for count, what in (
-            (self.copied, "copied locally"),
-            (self.trashed, "moved to trash"),
-            (self.conflicts, "conflicts kept"),
-            (self.failed, "failed"),
-            (self.held_back, "deletions held back"),
-        ):
-            if count:
-                parts.append(f"{count} {what}")
+        # Nothing fetched, something else done (a deletion applied): only what was done.
+        parts = [f"{self.fetched} fetched ({took})"] if self.fetched or self.bytes or not self._others() else []
+        for count, one, many in self._others():
+            parts.append(f"{count} {one if count == 1 else many}")
         return "round: " + ", ".join(parts)
+
+    def _others(self) -> list[tuple[int, str, str]]:
+        """What the round did besides fetching: (count, singular, plural) for each nonzero count."""
+        counts = (
+            (self.copied, "copied locally", "copied locally"),
+            (self.trashed, "moved to trash", "moved to trash"),
+            (self.conflicts, "conflict kept", "conflicts kept"),
+            (self.failed, "failed", "failed"),
+            (self.held_back, "deletion held back", "deletions held back"),
+        )
+        return [c for c in counts if c[0]]
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,31 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from p2psync.events import Events, Kind
+from p2psync.events import Events, Kind, RoundSummary
 from p2psync.ui.progress import LiveDisplay
 
 from .loopback import LOOPBACK, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
+
+
+@pytest.mark.parametrize(
+    ("counts", "line"),
+    [
+        ({"fetched": 2, "bytes": 2048}, "round: 2 fetched (2.0 KiB in 0.50 s, 4.0 KiB/s)"),
+        ({"trashed": 1}, "round: 1 moved to trash"),  # nothing fetched: not said
+        (
+            {"conflicts": 1, "fetched": 1, "bytes": 1024},
+            "round: 1 fetched (1.0 KiB in 0.50 s, 2.0 KiB/s), 1 conflict kept",
+        ),
+        ({"conflicts": 2, "held_back": 1}, "round: 2 conflicts kept, 1 deletion held back"),
+        ({"held_back": 12}, "round: 12 deletions held back"),
+        ({}, "round: 0 fetched (0 B in 0.50 s, 0 B/s)"),
+    ],
+)
+def test_the_round_line_says_what_was_done(counts: dict[str, int], line: str) -> None:
+    fields = {"fetched": 0, "copied": 0, "trashed": 0, "conflicts": 0, "failed": 0, "held_back": 0, "bytes": 0}
+    assert RoundSummary(**{**fields, **counts}, seconds=0.5).line() == line
 
 
 def test_the_display_shows_transfers_the_round_and_events() -> None:
