@@ -29,6 +29,7 @@ __all__ = [
     "chunk_fd",
     "hash_and_cut",
     "hashing_pool",
+    "submit_checks",
     "verified_prefix",
     "verify_chunks",
 ]
@@ -131,16 +132,22 @@ def _submit_verify(fd: int, chunks: ChunkList, offsets: list[int], i: int, j: in
     return hashing_pool().submit(_verify, fd, offsets[i], lengths, digests)
 
 
+def submit_checks(
+    fd: int, chunks: ChunkList, first: int, count: int, offsets: list[int] | None = None
+) -> list[concurrent.futures.Future[bool]]:
+    """Start checking, on the pool, that the chunks `first` to `first + count - 1`
+    of `chunks` are in `fd` where the list puts them (read and hashed at least
+    `HASH_BATCH_BYTES` per task); each future says whether its batch is.
+    `offsets`: `chunks.offsets()`, when the caller has it already."""
+    offsets = chunks.offsets() if offsets is None else offsets
+    return [_submit_verify(fd, chunks, offsets, i, j) for i, j in _batches(chunks, first, first + count)]
+
+
 def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> bool:
     """Whether the chunks `first` to `first + count - 1` of `chunks`, for each
-    `(first, count)` in `which`, are in `fd` where the list puts them: read and
-    hashed on the pool, at least `HASH_BATCH_BYTES` per task."""
+    `(first, count)` in `which`, are in `fd` where the list puts them."""
     offsets = chunks.offsets()
-    futures = [
-        _submit_verify(fd, chunks, offsets, i, j)
-        for first, count in which
-        for i, j in _batches(chunks, first, first + count)
-    ]
+    futures = [future for first, count in which for future in submit_checks(fd, chunks, first, count, offsets)]
     return all(future.result() for future in futures)
 
 
