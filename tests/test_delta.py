@@ -30,6 +30,7 @@ from p2psync.ignore import STATE_DIR
 from p2psync.local import TRASH_DIR, Folder
 from p2psync.local.chunks import verified_prefix
 from p2psync.local.partial import PARTIAL_SUFFIX
+from p2psync.peer.delta import Build
 from p2psync.peer.fetch import DELTA_MIN_BYTES, Fetcher
 from p2psync.protocol import DirectoryEntry, decode_request, encode_request
 from p2psync.protocol.chunks import ENTRY_BYTES, ChunkList, decode_chunk_list
@@ -109,6 +110,36 @@ def test_a_plan_builds_exactly_the_wanted_version(data: st.DataObject) -> None:
             assert source.digests[first : first + step.count] == wanted.digests[chunk : chunk + step.count]
         at, chunk = at + step.length, chunk + step.count
     assert at == offsets[-1] and chunk == len(wanted.lengths)
+
+
+def _list_of(data: bytes) -> ChunkList:
+    lengths = twin_chunk_lengths(data)
+    offsets = list(itertools.accumulate(lengths, initial=0))
+    return ChunkList(tuple(lengths), tuple(hashlib.sha256(data[a:b]).digest() for a, b in itertools.pairwise(offsets)))
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_copied_chunks_are_read_back_and_checked_as_they_are_copied(tmp_path: Path, stale: bool) -> None:
+    """A build copying every chunk from a file here checks each copied stretch on
+    the pool: a source whose bytes are no longer those its list names (edited in
+    place since it was cut) is caught, and nothing is left reading the output."""
+    data = random.Random(7).randbytes(6 << 20)
+    wanted = _list_of(data)
+    source_path, out_path = tmp_path / "old.bin", tmp_path / "new.bin"
+    source_path.write_bytes(data if not stale else data[:3_000_000] + b"X" + data[3_000_001:])
+    steps = plan_delta(wanted, [wanted])  # the source's list as the index last saw it: every chunk copied
+    assert all(step.source == 0 for step in steps)
+    src = os.open(source_path, os.O_RDONLY)
+    out = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        build = Build("new.bin", hashlib.sha256(data).hexdigest(), wanted, steps, out, Watchdog(), None, True)
+        build.run([], [src])
+        assert build.copies_checked is (not stale)
+        assert build.copied == len(data) and build.fetched == 0
+    finally:
+        os.close(src)
+        os.close(out)
+    assert (out_path.read_bytes() == data) is (not stale)
 
 
 # ------------------------------------------------------------------ between peers

@@ -31,7 +31,6 @@ __all__ = [
     "hashing_pool",
     "submit_checks",
     "verified_prefix",
-    "verify_chunks",
 ]
 
 READ_BYTES = 8 * 1024 * 1024  # a read of the file
@@ -141,14 +140,6 @@ def submit_checks(
     `offsets`: `chunks.offsets()`, when the caller has it already."""
     offsets = chunks.offsets() if offsets is None else offsets
     return [_submit_verify(fd, chunks, offsets, i, j) for i, j in _batches(chunks, first, first + count)]
-
-
-def verify_chunks(fd: int, chunks: ChunkList, which: list[tuple[int, int]]) -> bool:
-    """Whether the chunks `first` to `first + count - 1` of `chunks`, for each
-    `(first, count)` in `which`, are in `fd` where the list puts them."""
-    offsets = chunks.offsets()
-    futures = [future for first, count in which for future in submit_checks(fd, chunks, first, count, offsets)]
-    return all(future.result() for future in futures)
 
 
 def verified_prefix(fd: int, chunks: ChunkList, count: int) -> int:

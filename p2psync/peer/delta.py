@@ -13,8 +13,9 @@ the other is read and dropped.
 
 A received run is checked chunk by chunk against the list and written at its
 offset on the hashing pool, while its holder's thread already receives the
-next one: with a list the directory vouches for, that is the whole
-verification, done in parallel (no single SHA-256 stream). A holder that
+next one: with a list the directory vouches for, that and the same check of
+each copied stretch, read back on the pool while the next is copied, are the
+whole verification, done in parallel (no single SHA-256 stream). A holder that
 sends one bad chunk is dropped for this file; its runs go to the others.
 The first contiguous stretch of written bytes is kept as the file's
 position, so a partial kept for a resume holds only checked bytes.
@@ -23,6 +24,7 @@ position, so a partial kept for a resume holds only checked bytes.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 
 from p2psync.deadlines import Watchdog
 from p2psync.errors import P2PSyncError, TransferError
-from p2psync.local.chunks import chunk_digests, hashing_pool
+from p2psync.local.chunks import chunk_digests, hashing_pool, submit_checks
 from p2psync.local.fileops import copy_between
 from p2psync.protocol import decode_reply, encode_request
 from p2psync.protocol.auth import Channel
@@ -86,8 +88,11 @@ class Build:
         out_fd: int,
         watchdog: Watchdog,
         limiter: RateLimiter | None = None,
+        check_copies: bool = False,
     ) -> None:
         self.name, self.sha256, self.wanted, self.out_fd = name, sha256, wanted, out_fd
+        self.check_copies = check_copies  # read each copied stretch back and check its chunks
+        self.copies_checked: bool | None = None  # after `run`, with `check_copies`: whether all were right
         self.watchdog, self.limiter = watchdog, limiter
         self.steps = list(steps)
         self._runs = [i for i, step in enumerate(self.steps) if step.source is None]
@@ -110,7 +115,9 @@ class Build:
         """Copy the local steps from `sources` (the open files the plan's source
         numbers name) and fetch the runs from `links`, all at once. Raises
         `TransferError` when some run could not be had from any holder, or what
-        stopped the writing."""
+        stopped the writing. With `check_copies`, each copied stretch is read
+        back and checked on the pool while the next one is copied, and
+        `copies_checked` says whether every one was right."""
         self._links = links
         threads = [
             threading.Thread(target=self._work, args=(link,), name=f"p2psync-run-{i}", daemon=True)
@@ -118,17 +125,26 @@ class Build:
         ]
         for thread in threads:
             thread.start()
+        offsets = self.wanted.offsets() if self.check_copies else []
+        checks: list[concurrent.futures.Future[bool]] = []
         try:
             for i, step in enumerate(self.steps):
                 if step.source is not None:
                     copy_between(sources[step.source], step.source_offset, self.out_fd, step.offset, step.length)
+                    if self.check_copies:
+                        checks += submit_checks(self.out_fd, self.wanted, step.first, step.count, offsets)
                     self._finish(i, step.length, fetched=False)
         except BaseException as exc:
             self._stop(exc)
+            for check in checks:
+                check.cancel()  # the build failed: checks not started need not run
             raise
         finally:
             for thread in threads:
                 thread.join()
+            concurrent.futures.wait(checks)  # none may read `out_fd` once the caller closes it
+        if self.check_copies:
+            self.copies_checked = all(check.result() for check in checks)
         if self._fatal is not None:
             raise self._fatal
         if self._left:

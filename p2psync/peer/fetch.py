@@ -30,7 +30,7 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
 from p2psync.events import Event, Events, Kind, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
-from p2psync.local.chunks import verified_prefix, verify_chunks
+from p2psync.local.chunks import verified_prefix
 from p2psync.local.fileops import hash_fd
 from p2psync.local.hashing import BackgroundHasher, new_hasher
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, client_handshake, wrap_client
@@ -208,11 +208,11 @@ class Fetcher:
             part.reserve(size - part.offset)
             links = [delta.Link(holders[k], lambda _stack: connection)]
             links += [delta.Link(h, self._connector(h)) for h in holders[:k] + holders[k + 1 :]]
-            build = delta.Build(name, entry.sha256, wanted, steps, part.fd, self.watchdog, self.limiter)
+            build = delta.Build(name, entry.sha256, wanted, steps, part.fd, self.watchdog, self.limiter, vouched)
             try:
                 with self.events.transfer(name, size, part.fd, progress=lambda: kept + build.progress()):
                     build.run(links[:MAX_HOLDERS], [fd for fd, _ in sources])
-                checked = self._check_built(part.fd, entry, wanted, steps, vouched)
+                checked = build.copies_checked if vouched else self._whole_hash_is(part.fd, entry)
             except (P2PSyncError, OSError) as exc:
                 log.info("%s: building it from chunks failed (%s); fetching the rest whole", name, exc)
                 return None
@@ -313,12 +313,10 @@ class Fetcher:
         return [step for step in steps if step.offset + step.length > kept], kept
 
     @staticmethod
-    def _check_built(fd: int, entry: DirectoryEntry, wanted: ChunkList, steps: list[Step], vouched: bool) -> bool:
-        """Whether the built file is the version: fetched chunks were checked as they
-        came; with a vouched list, the copied ones are read back and checked on the
-        pool; else the whole file is hashed against the version's SHA-256."""
-        if vouched:
-            return verify_chunks(fd, wanted, [(s.first, s.count) for s in steps if s.source is not None])
+    def _whole_hash_is(fd: int, entry: DirectoryEntry) -> bool:
+        """Whether a file built from a list the directory does not vouch for is the
+        version: its whole SHA-256 against the version's. (With a vouched list the
+        build itself checked every chunk, fetched or copied.)"""
         os.lseek(fd, 0, os.SEEK_SET)
         return hash_fd(fd) == entry.sha256
 
