@@ -83,8 +83,9 @@ class RoundSummary:
         network = "" if self.received is None else f", {size_text(self.received)} of it over the network"
         took = f"{size_text(self.bytes)} in {self.seconds:.2f} s, {size_text(self.rate)}/s{network}"
         # Nothing fetched, something else done (a deletion applied): only what was done.
-        parts = [f"{self.fetched} fetched ({took})"] if self.fetched or self.bytes or not self._others() else []
-        for count, one, many in self._others():
+        others = self._others()
+        parts = [f"{self.fetched} fetched ({took})"] if self.fetched or self.bytes or not others else []
+        for count, one, many in others:
             parts.append(f"{count} {one if count == 1 else many}")
         return "round: " + ", ".join(parts)
 
