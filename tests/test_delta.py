@@ -112,8 +112,9 @@ def test_a_plan_builds_exactly_the_wanted_version(data: st.DataObject) -> None:
     assert at == offsets[-1] and chunk == len(wanted.lengths)
 
 
-def _list_of(data: bytes) -> ChunkList:
-    lengths = twin_chunk_lengths(data)
+def _list_of(data: bytes, impl_chunks=twin_chunk_lengths) -> ChunkList:
+    """The chunk list of `data`, cut by `impl_chunks` (a backend's `chunk_lengths`)."""
+    lengths = impl_chunks(data)
     offsets = list(itertools.accumulate(lengths, initial=0))
     return ChunkList(tuple(lengths), tuple(hashlib.sha256(data[a:b]).digest() for a, b in itertools.pairwise(offsets)))
 
@@ -280,10 +281,7 @@ def test_a_holder_without_chunk_lists_is_fetched_from_whole(tmp_path: Path, rece
 
 def _vouched(entry: DirectoryEntry, data: bytes, impl_chunks) -> DirectoryEntry:
     """`entry` with the list id a holder reports for `data`."""
-    lengths = impl_chunks(data)
-    offsets = list(itertools.accumulate(lengths, initial=0))
-    digests = tuple(hashlib.sha256(data[a:b]).digest() for a, b in itertools.pairwise(offsets))
-    return dataclasses.replace(entry, chunks=ChunkList(tuple(lengths), digests).list_id())
+    return dataclasses.replace(entry, chunks=_list_of(data, impl_chunks).list_id())
 
 
 @pytest.mark.usefixtures("backend")
