@@ -29,6 +29,7 @@ __all__ = [
     "chunk_fd",
     "hash_and_cut",
     "hashing_pool",
+    "stretches",
     "submit_checks",
     "verified_prefix",
 ]
@@ -113,13 +114,14 @@ def _verify(fd: int, offset: int, lengths: list[int], digests: list[bytes]) -> b
     return chunk_digests(data, lengths) == digests if len(data) == sum(lengths) else False
 
 
-def _batches(chunks: ChunkList, first: int, end: int) -> Iterator[tuple[int, int]]:
-    """Chunks `first` to `end - 1` in batches `(i, j)` of whole chunks, each at least
-    `HASH_BATCH_BYTES` (the last may be less): one hashing task each."""
+def stretches(chunks: ChunkList, first: int, end: int, min_bytes: int = HASH_BATCH_BYTES) -> Iterator[tuple[int, int]]:
+    """Chunks `first` to `end - 1` in stretches `(i, j)` (chunks i to j - 1) of whole
+    chunks, each at least `min_bytes` long (the last may be less); by default
+    one hashing task each."""
     i = first
     while i < end:
         j, nbytes = i, 0
-        while j < end and (nbytes < HASH_BATCH_BYTES or j == i):
+        while j < end and (nbytes < min_bytes or j == i):
             nbytes += chunks.lengths[j]
             j += 1
         yield i, j
@@ -139,7 +141,7 @@ def submit_checks(
     `HASH_BATCH_BYTES` per task); each future says whether its batch is.
     `offsets`: `chunks.offsets()`, when the caller has it already."""
     offsets = chunks.offsets() if offsets is None else offsets
-    return [_submit_verify(fd, chunks, offsets, i, j) for i, j in _batches(chunks, first, first + count)]
+    return [_submit_verify(fd, chunks, offsets, i, j) for i, j in stretches(chunks, first, first + count)]
 
 
 def verified_prefix(fd: int, chunks: ChunkList, count: int) -> int:
@@ -148,7 +150,7 @@ def verified_prefix(fd: int, chunks: ChunkList, count: int) -> int:
     holds (one killed mid-write is whole checked stretches, then zeros or junk).
     Batches of at least `HASH_BATCH_BYTES` are checked on the pool."""
     offsets = chunks.offsets()
-    batches = [(i, j, _submit_verify(fd, chunks, offsets, i, j)) for i, j in _batches(chunks, 0, count)]
+    batches = [(i, j, _submit_verify(fd, chunks, offsets, i, j)) for i, j in stretches(chunks, 0, count)]
     good = 0
     for start, end, future in batches:
         if not future.result():  # the first bad batch: its good chunks, one by one

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from p2psync.deadlines import Watchdog
 from p2psync.errors import P2PSyncError, TransferError
-from p2psync.local.chunks import chunk_digests, hashing_pool, submit_checks
+from p2psync.local.chunks import chunk_digests, hashing_pool, stretches, submit_checks
 from p2psync.local.fileops import copy_between
 from p2psync.protocol import decode_reply, encode_request
 from p2psync.protocol.auth import Channel
@@ -50,6 +50,7 @@ __all__ = ["ENDGAME_ASKS", "RUNS_PER_HOLDER", "BadChunk", "Build", "Link"]
 
 log = logging.getLogger(__name__)
 
+COPY_STRETCH_BYTES = 16 * 1024 * 1024  # copied, then checked on the pool while the next is copied
 RUNS_PER_HOLDER = 4  # run requests in flight per holder: 16 MiB, enough to keep one busy
 BUFFERS_PER_HOLDER = 3  # one being received, two being checked and written
 ENDGAME_ASKS = 2  # at the end, a run still in flight is asked of at most this many holders
@@ -125,15 +126,22 @@ class Build:
         ]
         for thread in threads:
             thread.start()
-        offsets = self.wanted.offsets() if self.check_copies else []
+        offsets = self.wanted.offsets()
         checks: list[concurrent.futures.Future[bool]] = []
         try:
             for i, step in enumerate(self.steps):
-                if step.source is not None:
-                    copy_between(sources[step.source], step.source_offset, self.out_fd, step.offset, step.length)
+                if step.source is None:
+                    continue
+                # Stretch by stretch, so the pool checks one while the kernel copies the next.
+                for first, end in stretches(self.wanted, step.first, step.first + step.count, COPY_STRETCH_BYTES):
+                    at = offsets[first]
+                    length = offsets[end - 1] + self.wanted.lengths[end - 1] - at
+                    copy_between(sources[step.source], step.source_offset + at - step.offset, self.out_fd, at, length)
                     if self.check_copies:
-                        checks += submit_checks(self.out_fd, self.wanted, step.first, step.count, offsets)
-                    self._finish(i, step.length, fetched=False)
+                        checks += submit_checks(self.out_fd, self.wanted, first, end - first, offsets)
+                    with self._cond:
+                        self.copied += length
+                self._finish(i, step.length, fetched=False)
         except BaseException as exc:
             self._stop(exc)
             for check in checks:
@@ -163,9 +171,7 @@ class Build:
             if self._done[i]:
                 return
             self._done[i] = True
-            if not fetched:
-                self.copied += nbytes
-            else:
+            if fetched:
                 self._left -= 1
                 self.fetched += nbytes
                 if link is not None:
