@@ -166,6 +166,12 @@ def _delta_note(events: list[Event], name: str) -> tuple[float, float] | None:
     return None
 
 
+def _wait_for_fetched(events: list[Event], name: str) -> None:
+    """The fetched event of `name` is emitted just after the install, on the
+    engine's thread: a test that saw the new bytes waits for it too."""
+    wait_until(lambda: any(e.kind is Kind.FETCHED and e.path == name for e in events), 10, f"the event of {name}")
+
+
 @pytest.mark.usefixtures("backend")
 def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tracker, engine) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
@@ -187,6 +193,7 @@ def test_a_changed_large_file_crosses_as_its_new_chunks(tmp_path: Path, start_tr
     wait_until(lambda: copy.read_bytes() == new, 30, "the edit to reach b")
     listed = tracker.directory.entries()["data/log.bin"]
     assert listed.chunks is not None  # the holder cut it at its scan: the list is vouched for by the directory
+    _wait_for_fetched(seen, "data/log.bin")
     note = _delta_note(seen, "data/log.bin")
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
@@ -448,6 +455,7 @@ def test_a_file_deleted_and_brought_back_edited_reuses_the_trashed_copy(tmp_path
     (a / "disks").mkdir()
     (a / "disks" / "vm.img").write_bytes(new)  # restored from a backup elsewhere, then edited
     wait_until(lambda: (b / "disks" / "vm.img").exists() and (b / "disks" / "vm.img").read_bytes() == new, 30, "it")
+    _wait_for_fetched(seen, "disks/vm.img")
     note = _delta_note(seen, "disks/vm.img")
     assert note is not None, [e.detail for e in seen]
     fetched_kib, reused_mib = note
