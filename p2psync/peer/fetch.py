@@ -205,7 +205,7 @@ class Fetcher:
                 return None  # mostly new bytes: the whole file, resumable and zero copy, is as cheap
             part = stack.enter_context(self.folder.partial(name, entry.sha256, True, expect))
             steps, kept = self._resumed(part, wanted, steps)
-            part.reserve(size - part.offset)
+            self._reserve_fetched(part, steps)
             links = [delta.Link(holders[k], lambda _stack: connection)]
             links += [delta.Link(h, self._connector(h)) for h in holders[:k] + holders[k + 1 :]]
             build = delta.Build(name, entry.sha256, wanted, steps, part.fd, self.watchdog, self.limiter, vouched)
@@ -311,6 +311,24 @@ class Fetcher:
         part.restart(keep=kept)  # past it: what a killed fetch left unchecked, or allocated and never written
         log.info("%s: resuming, %s already here", part.name, size_text(kept))
         return [step for step in steps if step.offset + step.length > kept], kept
+
+    def _reserve_fetched(self, part: PartialFile, steps: Sequence[Step]) -> None:
+        """Make room for a build: the free space checked for all of it, but only the
+        fetched runs allocated ahead. Copies allocate as they are written, in large
+        pieces (laid out in one piece anyway), and a reflink shares the source's
+        blocks; allocating them first costs time (0.3 s for 1 GiB on tmpfs, which
+        zeroes every page) and, for a reflink, the space it would have saved."""
+        self._check_space(sum(step.length for step in steps))
+        runs: list[list[int]] = []  # [start, end] of fetched bytes; runs cut at RUN_MAX_BYTES joined again
+        for step in steps:
+            if step.source is not None:
+                continue
+            if runs and runs[-1][1] == step.offset:
+                runs[-1][1] += step.length
+            else:
+                runs.append([step.offset, step.offset + step.length])
+        for start, end in runs:
+            part.reserve(end - start, at=start)
 
     @staticmethod
     def _whole_hash_is(fd: int, entry: DirectoryEntry) -> bool:
