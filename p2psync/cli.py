@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from .config import PeerSettings
-from .errors import ConfigError
+from .errors import ConfigError, FolderGone
 from .events import Events, LogEvents, RoundOutcome
 from .ignore import STATE_DIR, IgnoreRules
 from .local.watching import WatchingUnavailable, require_watching
@@ -423,7 +423,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     if tracker is not None:
         tracker.exit()
     say("stopped")
-    return 0
+    return 1 if peer.folder_error is not None else 0  # the folder is gone: said in one line already
 
 
 def _sync_once(peer: FileSynchronizer, tracker: str, console: Any, events: Events) -> int:
@@ -439,6 +439,9 @@ def _sync_once(peer: FileSynchronizer, tracker: str, console: Any, events: Event
     except OSError as exc:
         log.error("cannot sync with the tracker %s: %s", tracker, exc)
         return EXIT_USAGE
+    except FolderGone as exc:
+        log.error("%s; stopped, without reporting its files as deleted", exc)
+        return 1
     finally:
         peer.exit()
     if outcome.in_sync:

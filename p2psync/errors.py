@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ConnectionClosed",
+    "FolderGone",
     "P2PSyncError",
     "ProtocolError",
     "Refused",
@@ -45,3 +46,9 @@ class UnsafeName(P2PSyncError):
 
 class ConfigError(P2PSyncError):
     """A setting a user gave is wrong: a bad ignore pattern, option or value."""
+
+
+class FolderGone(P2PSyncError):
+    """The sync folder was deleted, or its `.p2psync` state removed or replaced
+    (the folder emptied, another drive mounted there), while it was synced: its
+    missing files are not deletions, and nothing more is reported of it."""

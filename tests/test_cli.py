@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from p2psync.local import STATE_DIR, TRASH_DIR
 
 from .folders import names, tree
 from .loopback import free_port, wait_until
@@ -253,3 +256,40 @@ def test_qq_prints_nothing_but_errors(run, tmp_path: Path) -> None:
         assert proc.interrupt() == 0, proc.output
     assert b.output == ""  # no banner, no file lines, no "stopped"
     assert "stopped" in a.output  # the other, not quiet, still says what it does
+
+
+def _delete_whole(folder: Path) -> None:
+    shutil.rmtree(folder)
+
+
+def _empty(folder: Path) -> None:  # what an unmounted drive leaves: an empty mount point
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+@pytest.mark.parametrize("vanish", [_delete_whole, _empty], ids=["deleted", "emptied"])
+def test_a_folder_that_vanishes_stops_its_peer_and_deletes_nothing_elsewhere(run, tmp_path: Path, vanish) -> None:
+    """Syncthing's folder marker: a folder deleted whole, emptied with its
+    `.p2psync`, or unmounted is not its files deleted. Three files: under the
+    brake's threshold, so only this rule keeps them on the other peers."""
+    keeper, leaving, joining = tmp_path / "keeper", tmp_path / "leaving", tmp_path / "joining"
+    keeper.mkdir()
+    files = {"a.txt", "sub/b.txt", "sub/deeper/c.txt"}
+    for name in files:
+        (leaving / name).parent.mkdir(parents=True, exist_ok=True)
+        (leaving / name).write_text(name)
+    _, join = _holder_and_join(run, tmp_path, keeper, "--interval", "0.3")
+    gone = run([*P2PSYNC, "sync", str(leaving), "--port", "0", "--tracker", join, "--interval", "0.3"], tmp_path)
+    wait_until(lambda: set(names(keeper)) == files, 30, "the files to reach keeper")
+    vanish(leaving)
+    assert gone.proc.wait(30) == 1, gone.output
+    gone._reader.join(5)
+    said = r"ERROR .*(was deleted|was removed).*; stopped, without reporting its files as deleted"
+    assert re.search(said, gone.output), gone.output
+    assert "Traceback" not in gone.output
+    # A newcomer still gets every file from keeper: the directory lists no deletion of them.
+    run([*P2PSYNC, "sync", str(joining), "--port", "0", "--tracker", join, "--interval", "0.3"], tmp_path)
+    wait_until(lambda: set(names(joining)) == files, 30, "the files to reach joining")
+    assert set(names(keeper)) == files
+    trash = keeper / STATE_DIR / TRASH_DIR
+    assert not trash.exists() or not any(trash.rglob("*.txt"))

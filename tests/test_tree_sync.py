@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from p2psync.config import DeleteLimit
+from p2psync.errors import FolderGone
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder
 from p2psync.protocol import DirectoryEntry
@@ -548,3 +549,25 @@ def test_peers_follow_the_directory_by_deltas(tmp_path: Path, start_tracker, eng
     assert trash(b) == {"one.txt": b"1"}
     assert pb._listing is not None and set(pb._listing.files) == {"sub/two.txt"}
     assert set(pb._listing.deleted) == {"one.txt"} and pa.is_alive()
+
+
+def test_a_scan_refuses_a_folder_whose_state_was_removed_or_replaced(tmp_path: Path) -> None:
+    """The state folder is the marker: its files missing with it (an emptied
+    folder, an empty mount point) are not deletions, nor are they under another
+    `.p2psync` (a different drive mounted there)."""
+    folder = tmp_path / "f"
+    write(folder / "x.txt", "x")
+    synced = Folder(folder, IgnoreRules.tree(), state=True)
+    try:
+        assert set(synced.scan()) == {"x.txt"}
+        os.rename(folder / STATE_DIR, tmp_path / "elsewhere")
+        (folder / STATE_DIR).mkdir()
+        with pytest.raises(FolderGone, match="not the one this peer opened"):
+            synced.scan()
+        (folder / STATE_DIR).rmdir()
+        (folder / "x.txt").unlink()
+        with pytest.raises(FolderGone, match="was removed"):
+            synced.scan()
+        assert synced.own_deletions() == {}  # x.txt was never taken for deleted
+    finally:
+        synced.close()

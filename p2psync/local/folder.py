@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from p2psync._core import link_new_files
 from p2psync.chunking import DELTA_MIN_BYTES
-from p2psync.errors import ConfigError, ProtocolError, TransferError, UnsafeName
+from p2psync.errors import ConfigError, FolderGone, ProtocolError, TransferError, UnsafeName
 from p2psync.ignore import STATE_DIR, IgnoreRules
 from p2psync.paths import MAX_DEPTH, safe_path
 from p2psync.protocol import FileInfo
@@ -190,6 +190,7 @@ class Folder:
         self.root = os.path.realpath(root)
         self.rules = rules or IgnoreRules.classic_rules()  # which paths sync
         self._dir_fd = os.open(self.root, DIR_FLAGS)
+        self._marker: tuple[int, int] | None = None  # the state folder's identity, when it has one
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._lock_fd = -1
@@ -202,6 +203,7 @@ class Folder:
                 state_path = self._state_path(create=True)
                 self.index = Index(state_path)  # before the lock file exists on a first start: see Index
                 self._lock_fd = lock_folder(state_path, self.root)
+                self._marker = _identity(os.stat(state_path, follow_symlinks=False))
             else:
                 self.index = Index(None)
         except (OSError, ConfigError):
@@ -293,6 +295,22 @@ class Folder:
 
     # ------------------------------------------------------------ scanning
 
+    def check_present(self) -> None:
+        """Raise `FolderGone` unless the folder is still the one opened: not deleted
+        (its descriptor would list nothing), and with state, its `.p2psync`
+        still the same folder. Syncthing's folder marker, for the same reason:
+        a folder deleted whole, emptied or unmounted is not its files deleted."""
+        if os.fstat(self._dir_fd).st_nlink == 0:
+            raise FolderGone(f"{self.root} was deleted")
+        if self._marker is None:
+            return
+        try:
+            marker = _identity(os.stat(STATE_DIR, dir_fd=self._dir_fd, follow_symlinks=False))
+        except FileNotFoundError:
+            raise FolderGone(f"{self.root}/{STATE_DIR} was removed (the folder emptied, or unmounted?)") from None
+        if marker != self._marker:
+            raise FolderGone(f"{self.root}/{STATE_DIR} is not the one this peer opened (another drive mounted?)")
+
     def scan(self) -> dict[str, LocalFile]:
         """Every file the folder syncs, by relative path: regular files only (no
         symlinks, never followed), safe paths the rules let through.
@@ -305,7 +323,9 @@ class Folder:
         """
         seen: list[tuple[str, os.stat_result]] = []
         unreadable: list[str] = []  # folders that could not be listed: what they hold is not gone
+        self.check_present()
         self._walk(self._dir_fd, "", 0, seen, unreadable)
+        self.check_present()  # deleted while it was walked: what the walk missed is not gone either
         found: dict[str, LocalFile] = {}
         last, rows = self._last, self._rows
         new_rows: list[IndexRow] = []
@@ -1011,3 +1031,7 @@ class Folder:
             return os.open(".", os.O_RDWR | O_TMPFILE | O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError:  # this filesystem cannot (EOPNOTSUPP; EISDIR on old kernels), or the
             return -1  # trouble is general, and the named way will meet it and say what it is
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino

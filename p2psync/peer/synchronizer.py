@@ -25,7 +25,7 @@ from typing import Any
 from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.config import DAY_S, PeerSettings
 from p2psync.deadlines import Watchdog
-from p2psync.errors import ProtocolError
+from p2psync.errors import FolderGone, ProtocolError
 from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
 from p2psync.local import Folder, LocalFile
@@ -186,6 +186,7 @@ class FileSynchronizer(threading.Thread):
         self._channel: Channel | None = None  # the tracker line's tags, when the swarm is members only
         self._once = False  # run_once: a tracker failure is the caller's to report, not retried
         self.tracker_error: str | None = None  # what went wrong with the tracker, until a reply comes
+        self.folder_error: str | None = None  # why the peer stopped: its folder is gone (`FolderGone`)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -208,6 +209,10 @@ class FileSynchronizer(threading.Thread):
         while not self._wait_for_round(delay):
             try:
                 self.sync()
+            except FolderGone as exc:  # report nothing more: its files are not deleted, the folder is
+                self.folder_error = f"{exc}; stopped, without reporting its files as deleted"
+                log.error("%s", self.folder_error)
+                return
             except Exception:  # a bug, not a peer's fault: keep the peer alive
                 log.exception("sync round failed")
             # Watching, the next message goes out at once: an Init reports what this
