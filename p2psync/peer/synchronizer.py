@@ -442,6 +442,8 @@ class FileSynchronizer(threading.Thread):
             self._settled = None
         else:
             self._settled = (line, self.folder.generation)
+        if self._once and not self._again:
+            return  # `--once` ends here: a next report would rescan what this round wrote, for no one
         # The scan that opened this round is still current unless the round wrote to the folder.
         self._set_next_message(current=opened)
 
