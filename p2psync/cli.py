@@ -439,9 +439,8 @@ def _sync_once(peer: FileSynchronizer, tracker: str, console: Any, events: Event
     except OSError as exc:
         log.error("cannot sync with the tracker %s: %s", tracker, exc)
         return EXIT_USAGE
-    except FolderGone as exc:
-        log.error("%s; stopped, without reporting its files as deleted", exc)
-        return 1
+    except FolderGone:
+        return 1  # the engine has said why, in one line
     finally:
         peer.exit()
     if outcome.in_sync:

@@ -210,8 +210,7 @@ class FileSynchronizer(threading.Thread):
             try:
                 self.sync()
             except FolderGone as exc:  # report nothing more: its files are not deleted, the folder is
-                self.folder_error = f"{exc}; stopped, without reporting its files as deleted"
-                log.error("%s", self.folder_error)
+                self._stop_for(exc)
                 return
             except Exception:  # a bug, not a peer's fault: keep the peer alive
                 log.exception("sync round failed")
@@ -229,7 +228,8 @@ class FileSynchronizer(threading.Thread):
         p2psync one (the first report is classic-shaped until it answers); then
         where that left the folder. Call `exit()` afterwards.
 
-        Raises `OSError` when the tracker cannot be reached or fails."""
+        Raises `OSError` when the tracker cannot be reached or fails, `FolderGone`
+        when the folder vanished (said in one line, `folder_error`)."""
         self._once = True
         self._file_server.start(self.name)
         for attempt in range(len(self._trackers)):  # each tracker of the swarm in turn
@@ -241,13 +241,22 @@ class FileSynchronizer(threading.Thread):
                     raise
                 self.fatal_tracker("Failed connecting to the tracker", exc)
         for _ in range(3):
-            self.sync()
+            try:
+                self.sync()
+            except FolderGone as exc:
+                self._stop_for(exc)
+                raise
             if self.tracker_error is not None:
                 raise OSError(self.tracker_error)
             if not self._again:
                 break
             self._again = False
         return self.last_round or RoundOutcome(time.time())
+
+    def _stop_for(self, exc: FolderGone) -> None:
+        """Say once why this peer stops syncing its folder (`folder_error`)."""
+        self.folder_error = f"{exc}; stopped, without reporting its files as deleted"
+        log.error("%s", self.folder_error)
 
     def _wait_for_round(self, delay: float) -> bool:
         """Wait `delay` seconds, or until a watched change (then a moment more, so a
