@@ -323,9 +323,8 @@ class Folder:
         """
         seen: list[tuple[str, os.stat_result]] = []
         unreadable: list[str] = []  # folders that could not be listed: what they hold is not gone
-        self.check_present()
         self._walk(self._dir_fd, "", 0, seen, unreadable)
-        self.check_present()  # deleted while it was walked: what the walk missed is not gone either
+        self.check_present()  # after the walk: gone before it or during it, what it missed is not deleted
         found: dict[str, LocalFile] = {}
         last, rows = self._last, self._rows
         new_rows: list[IndexRow] = []
