@@ -49,7 +49,11 @@ class Running:
 
     def interrupt(self) -> int:
         self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(10)
+        return self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code, once it has exited and all it printed is in `lines`."""
+        code = self.proc.wait(timeout)
         self._reader.join(5)
         return code
 
@@ -282,8 +286,7 @@ def test_a_folder_that_vanishes_stops_its_peer_and_deletes_nothing_elsewhere(run
     gone = run([*P2PSYNC, "sync", str(leaving), "--port", "0", "--tracker", join, "--interval", "0.3"], tmp_path)
     wait_until(lambda: set(names(keeper)) == files, 30, "the files to reach keeper")
     vanish(leaving)
-    assert gone.proc.wait(30) == 1, gone.output
-    gone._reader.join(5)
+    assert gone.wait(30) == 1, gone.output
     said = r"ERROR .*(was deleted|was removed).*; stopped, without reporting its files as deleted"
     assert re.search(said, gone.output), gone.output
     assert "Traceback" not in gone.output
