@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
+from typing import TYPE_CHECKING
 
-from . import tls
 from .errors import ConnectionClosed, ProtocolError
+from .net import is_tls
 from .protocol.auth import MAX_HANDSHAKE_LINE, REFUSAL, Channel, ClientHandshake, ServerHandshake
 from .transfer import Buffer
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
@@ -32,19 +35,29 @@ HANDSHAKE_TIMEOUT_S = 10.0
 def wrap_client(sock: socket.socket, key: bytes | None, use_tls: bool) -> socket.socket:
     """The socket to use from now on: `sock` itself, or with `use_tls` a TLS socket
     over it (`sock` is spent then) whose handshake `client_handshake` runs."""
-    return tls.contexts(key).client_socket(sock) if use_tls and key is not None else sock
+    if not use_tls or key is None:
+        return sock
+    from . import tls  # only for --tls: ssl and OpenSSL stay unloaded otherwise
+
+    return tls.contexts(key).client_socket(sock)
 
 
 def wrap_server(sock: socket.socket, key: bytes | None, use_tls: bool) -> socket.socket:
     """`wrap_client` for an accepted connection; `server_handshake` finishes it."""
-    return tls.contexts(key).server_socket(sock) if use_tls and key is not None else sock
+    if not use_tls or key is None:
+        return sock
+    from . import tls
+
+    return tls.contexts(key).server_socket(sock)
 
 
 def client_handshake(sock: socket.socket, key: bytes, channel: bytes) -> Channel:
     """Prove membership to the server and check its proof (TLS first, when `sock`
     is a TLS socket). Raises `ProtocolError` when the other side is not a
     member (a classic or open program included)."""
-    if isinstance(sock, ssl.SSLSocket):
+    if is_tls(sock):
+        from . import tls
+
         try:
             tls.contexts(key).finish(sock)
         except OSError:  # it hung up on our hello: an open or classic server
@@ -75,7 +88,7 @@ def server_handshake(sock: socket.socket, reader: Buffer, key: bytes, channel: b
     """Check a connecting client's membership, reading through `reader` (TLS first,
     when `sock` is a TLS socket). On any failure the client gets `REFUSAL` (in
     clear if it did not even start TLS) and `ProtocolError` is raised: close."""
-    if isinstance(sock, ssl.SSLSocket):
+    if is_tls(sock):
         _server_tls(sock, key)
     hs = ServerHandshake(key, channel)
     try:
@@ -88,6 +101,8 @@ def server_handshake(sock: socket.socket, reader: Buffer, key: bytes, channel: b
 
 
 def _server_tls(sock: ssl.SSLSocket, key: bytes) -> None:
+    from . import tls
+
     # The first byte, peeked below TLS: a client that does not start TLS (classic,
     # open, or keyed without --tls) is told in clear, in the one refusal line.
     first = socket.socket.recv(sock, 1, socket.MSG_PEEK)

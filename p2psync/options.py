@@ -20,11 +20,6 @@ from typing import Any
 from .config import DeleteLimit
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the backport, same API
-    import tomli as tomllib
-
 __all__ = [
     "SYNC_OPTIONS",
     "TRACKER_OPTIONS",
@@ -343,6 +338,10 @@ def load_file(path: str, options: Sequence[Option]) -> dict[str, Any]:
     """The values a config file sets, read through `options`. Raises `ConfigError`
     for a file that cannot be read or parsed, an unknown key or a bad value,
     naming the file and the key."""
+    if sys.version_info >= (3, 11):  # imported here: a run without a config file never loads it (~5 ms)
+        import tomllib
+    else:  # pragma: no cover - the backport, same API
+        import tomli as tomllib
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)

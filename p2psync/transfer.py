@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,9 +25,9 @@ from ._core import (
 )
 from .errors import TransferError
 from .local.fileops import write_all
+from .net import is_tls
 from .protocol import decode_reply, encode_header, encode_request
 from .ratelimit import RateLimiter
-from .tls import kernel_sends
 
 if TYPE_CHECKING:
     from .protocol.auth import Channel
@@ -108,7 +107,7 @@ def upload(
     _sendall(sock, header if seal is None else seal(header.rstrip(b"\n")))
     # TLS in user space: bodies through OpenSSL. A plain socket, or TLS the kernel
     # encrypts (kTLS), keeps the core's zero-copy sendfile.
-    send = _send_from_file_tls if isinstance(sock, ssl.SSLSocket) and not kernel_sends(sock) else send_from_file
+    send = _send_from_file_tls if is_tls(sock) and not _kernel_sends(sock) else send_from_file
     position = offset
     step = CHANGE_CHECK_BYTES if limiter is None else limiter.slice_bytes
     if sent is not None:
@@ -124,6 +123,12 @@ def upload(
         if position < size:
             _check_unchanged(fd, st, True, position - offset)
     return size - offset
+
+
+def _kernel_sends(sock: socket.socket) -> bool:
+    from .tls import kernel_sends  # loaded already: the socket came from it
+
+    return kernel_sends(sock)
 
 
 def _send_from_file_tls(sock: socket.socket, fd: int, offset: int, nbytes: int) -> int:
@@ -147,7 +152,7 @@ def receive_body(
     """`recv_to_file` for a body on any connection: the core's loop on a plain
     socket; on a TLS one, through OpenSSL into a `TLS_IO_BYTES` buffer, written
     (and hashed) a buffer at a time, not a 16 KiB record at a time."""
-    if not isinstance(sock, ssl.SSLSocket):
+    if not is_tls(sock):
         return int(recv_to_file(sock, fd, nbytes, pending, hasher))
     done = 0
     if pending is not None and nbytes:

@@ -4,8 +4,8 @@ key a file is recognised by, hashing and copying a descriptor."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import hashlib
 import os
 from typing import Any
@@ -46,9 +46,12 @@ _FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h
 _NO_SPACE_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # the filesystem cannot: write as it comes
 
 
+@functools.cache  # looked up at the first use: ctypes is ~2 ms of every start otherwise
 def _libc_fallocate() -> Any:
     """fallocate(2) from the C library, or None where there is none (os has only
     posix_fallocate, which grows the file)."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -62,7 +65,10 @@ def _libc_fallocate() -> Any:
     return fallocate
 
 
-_fallocate = _libc_fallocate()
+def _ctypes_errno() -> int:
+    import ctypes  # loaded by _libc_fallocate already
+
+    return ctypes.get_errno()
 
 
 def reserve_space(fd: int, offset: int, length: int, keep_size: bool = False) -> None:
@@ -73,10 +79,11 @@ def reserve_space(fd: int, offset: int, length: int, keep_size: bool = False) ->
     resume from); where that cannot be done nothing is reserved. Where the
     filesystem cannot allocate ahead, this does nothing."""
     if keep_size:
-        if _fallocate is None:
+        fallocate = _libc_fallocate()
+        if fallocate is None:
             return
-        if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-            code = ctypes.get_errno()
+        if fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            code = _ctypes_errno()
             if code not in _NO_SPACE_RESERVE:
                 raise OSError(code, os.strerror(code))
         return

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import pathlib
-import secrets
 import sqlite3
 import threading
 import time
@@ -165,6 +164,8 @@ class Index:
             found = self._db.execute("SELECT value FROM meta WHERE key='peer-id'").fetchone()
             if found is not None:
                 return str(found[0])
+            import secrets  # once per folder, ever: not worth loading at every start
+
             new = "".join(secrets.choice(_PEER_ID_ALPHABET) for _ in range(7))
             with contextlib.suppress(sqlite3.OperationalError):  # a read-only index keeps it to itself
                 self._db.execute("INSERT INTO meta VALUES ('peer-id', ?)", (new,))
