@@ -9,13 +9,14 @@ release the GIL around every blocking system call.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.errno cimport EAGAIN, EINTR, EINVAL, ENOSYS, errno
 from libc.math cimport ceil
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcpy, memmove, strerror
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcmp, memcpy, memmove, strerror
 from posix.types cimport off_t
 from posix.unistd cimport pread, write
 
@@ -277,6 +278,9 @@ cdef class Buffer:
 
     def read_line(self):
         """The next line as bytes, without its `\\n`."""
+        return self._read_line()
+
+    cdef object _read_line(self):
         cdef LineSplitter splitter = self._splitter
         cdef Py_ssize_t held
         while True:
@@ -304,6 +308,41 @@ cdef class Buffer:
     def take(self, Py_ssize_t limit):
         """Remove and return up to `limit` bytes received past the last line."""
         return self._splitter.take(limit)
+
+    def read_replies(self, sizes, list bodies):
+        """Pipelined replies while each is exactly `Content-Length: N` and its N
+        bytes, each body appended to `bodies` (see p2psync._twin): None when all
+        came, else the first other reply line."""
+        cdef LineSplitter splitter = self._splitter
+        cdef char header[48]
+        cdef Py_ssize_t n, held, length
+        cdef int hlen
+        for size in sizes:
+            n = size
+            if n < 0:
+                raise ValueError(f"negative reply size {n}")
+            hlen = snprintf(header, sizeof(header), b"Content-Length: %zd", n)
+            line = self._read_line()
+            length = PyBytes_GET_SIZE(line)
+            if length != hlen or memcmp(PyBytes_AS_STRING(line), header, hlen) != 0:
+                return line
+            held = splitter._end - splitter._start
+            while held < n:
+                try:
+                    data = self.sock.recv(max(self.size, n - held))
+                except TimeoutError:
+                    raise TransferError(f"timed out after {held} of {n} bytes") from None
+                except OSError as exc:
+                    raise TransferError(f"receive failed after {held} of {n} bytes: {exc.strerror or exc}") from None
+                if not data:
+                    raise TransferError(f"connection closed after {held} of {n} bytes")
+                splitter.feed(data)
+                held = splitter._end - splitter._start
+            bodies.append(PyBytes_FromStringAndSize(splitter._buf + splitter._start, n))
+            splitter._start += n
+            if splitter._scan < splitter._start:
+                splitter._scan = splitter._start
+        return None
 
 
 # ------------------------------------------------------------------ copy loops

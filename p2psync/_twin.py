@@ -204,6 +204,37 @@ class Buffer:
         """Remove and return up to `limit` bytes received past the last line."""
         return self._splitter.take(limit)
 
+    def read_replies(self, sizes: Sequence[int], bodies: list[bytes]) -> bytes | None:
+        """Read pipelined replies, one for each of `sizes` in turn, while each is
+        exactly `Content-Length: N` (N the size expected) and its N bytes; each
+        body is appended to `bodies` as soon as it is whole. Returns None when
+        all arrived, or the first reply line that is not that header (consumed:
+        a refusal, another size, or a spelling only `decode_reply` reads).
+
+        Raises what `read_line` raises while waiting for a header, and
+        `TransferError` when the stream ends, times out or fails inside a body;
+        `bodies` keeps those that came whole before.
+        """
+        splitter = self._splitter
+        for size in sizes:
+            if size < 0:
+                raise ValueError(f"negative reply size {size}")
+            line = self.read_line()
+            if line != b"Content-Length: %d" % size:
+                return line
+            while (held := splitter.pending_bytes) < size:
+                try:
+                    data = self.sock.recv(max(self.size, size - held))
+                except TimeoutError:
+                    raise TransferError(f"timed out after {held} of {size} bytes") from None
+                except OSError as exc:
+                    raise TransferError(f"receive failed after {held} of {size} bytes: {exc.strerror or exc}") from None
+                if not data:
+                    raise TransferError(f"connection closed after {held} of {size} bytes")
+                splitter.feed(data)
+            bodies.append(splitter.take(size))
+        return None
+
 
 def _write_all(fd: int, view: memoryview) -> None:
     while view:

@@ -212,3 +212,55 @@ def _send_over_socket(mod: ModuleType, data: bytes, offset: int, nbytes: int) ->
 @given(st.binary(max_size=200_000), st.integers(-1, 210_000), st.integers(-1, 210_000))
 def test_send_from_file_agree(data: bytes, offset: int, nbytes: int) -> None:
     assert _send_over_socket(fast, data, offset, nbytes) == _send_over_socket(twin, data, offset, nbytes)
+
+
+def _replies_over_socket(mod: ModuleType, stream: bytes, sizes: list[int], reader_size: int, cut: int) -> tuple:
+    """Send `stream` (in two pieces, cut at `cut`), then close; read `sizes` replies with `mod`."""
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=lambda: (b.sendall(stream[:cut]), b.sendall(stream[cut:]), b.close()))
+        sender.start()
+        reader, bodies = mod.Buffer(a, reader_size), []
+        try:
+            got: object = reader.read_replies(sizes, bodies)
+        except P2PSyncError as exc:
+            got = (type(exc), str(exc))
+        sender.join()
+        rest = reader.buffer  # how much of it was received yet is timing: compare the whole rest of the stream
+        while data := a.recv(65536):
+            rest += data
+        return got, bodies, rest
+
+
+@st.composite
+def replies_and_sizes(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """A stream of replies and the sizes asked for: mostly what the stream holds,
+    sometimes another size, a refusal, a header only `decode_reply` reads, junk,
+    or a stream that stops early."""
+    stream, sizes = b"", []
+    for _ in range(draw(st.integers(0, 8))):
+        body = draw(st.binary(max_size=300))
+        kind = draw(st.sampled_from(["plain"] * 6 + ["other size", "refusal", "odd header", "junk"]))
+        if kind == "plain":
+            stream += b"Content-Length: %d\n" % len(body) + body
+        elif kind == "other size":
+            stream += b"Content-Length: %d\n" % (len(body) + 1) + body
+        elif kind == "refusal":
+            stream += b"Error: busy\n"
+        elif kind == "odd header":
+            stream += b"Content-Length:  %d \n" % len(body) + body
+        else:
+            stream += draw(st.binary(max_size=40))
+        sizes.append(len(body))
+    if draw(st.booleans()):
+        stream = stream[: draw(st.integers(0, len(stream)))]  # the holder vanished midway
+    return stream, sizes + draw(st.lists(st.integers(0, 300), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(replies_and_sizes(), st.integers(1, 512), st.integers(0, 3000))
+def test_read_replies_agree(case: tuple[bytes, list[int]], reader_size: int, cut: int) -> None:
+    stream, sizes = case
+    assert _replies_over_socket(fast, stream, sizes, reader_size, cut) == _replies_over_socket(
+        twin, stream, sizes, reader_size, cut
+    )

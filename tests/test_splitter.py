@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from types import ModuleType
 
 import pytest
 
-from p2psync.errors import ConnectionClosed, ProtocolError
+from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
 
 from .loopback import tcp_pair
 
@@ -186,3 +188,64 @@ def test_buffer_attribute_can_be_replaced(impl: ModuleType) -> None:
         buf.buffer = b"preloaded\nrest"
         assert buf.get_line() == "preloaded"
         assert buf.buffer == b"rest"
+
+
+# ------------------------------------------------------------ Buffer.read_replies (pipelined small files)
+
+
+def test_read_replies_takes_each_body_after_its_exact_header(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server:
+        bodies = [b"one", b"", b"x" * 70_000, b"last\n"]  # one far past the reader's buffer size
+        stream = b"".join(b"Content-Length: %d\n" % len(body) + body for body in bodies)
+        sender = threading.Thread(target=server.sendall, args=(stream,))
+        sender.start()
+        got: list[bytes] = []
+        assert impl.Buffer(client, 1024).read_replies([len(body) for body in bodies], got) is None
+        sender.join()
+        assert got == bodies
+
+
+def test_read_replies_stops_at_the_first_other_line(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server:
+        server.sendall(b"Content-Length: 2\nabContent-Length:  3\nxyzError: no such file\n")
+        reader = impl.Buffer(client, 8192)
+        got: list[bytes] = []
+        # The second header is spelled with two spaces (decode_reply reads it; the core leaves it):
+        assert reader.read_replies([2, 3, 4], got) == b"Content-Length:  3"
+        assert got == [b"ab"]
+        assert reader.take(3) == b"xyz"  # what follows the line it returned is left as it was
+        assert reader.read_replies([4], got) == b"Error: no such file"
+        got.clear()
+        server.sendall(b"Content-Length: 5\nhello")
+        assert reader.read_replies([4], got) == b"Content-Length: 5"  # another size: the caller's to judge
+        assert got == []
+
+
+def test_read_replies_keeps_the_whole_bodies_when_the_stream_ends_midway(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server:
+        server.sendall(b"Content-Length: 3\nabcContent-Length: 10\nshort")
+        server.shutdown(socket.SHUT_WR)
+        got: list[bytes] = []
+        with pytest.raises(TransferError, match="connection closed after 5 of 10 bytes"):
+            impl.Buffer(client, 4).read_replies([3, 10], got)
+        assert got == [b"abc"]
+
+
+def test_read_replies_times_out_inside_a_body_as_a_transfer_error(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server:
+        server.sendall(b"Content-Length: 10\nabc")
+        client.settimeout(0.05)
+        got: list[bytes] = []
+        with pytest.raises(TransferError, match="timed out after 3 of 10 bytes"):
+            impl.Buffer(client, 8192).read_replies([10], got)
+        assert got == []
+
+
+def test_read_replies_refuses_a_negative_size(impl: ModuleType) -> None:
+    client, server = tcp_pair()
+    with client, server, pytest.raises(ValueError, match="negative"):
+        impl.Buffer(client, 8192).read_replies([-1], [])

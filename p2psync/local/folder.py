@@ -937,16 +937,15 @@ class Folder:
         `UnsafeName` for a path that may not be written here, before writing anything.
         """
         items = [d if type(d) is Install else Install(*d) for d in downloads]
-        for item in items:
+        by_folder: dict[str, list[int]] = {}  # paths that must be free, per folder: created in one batch each
+        for i, item in enumerate(items):  # every path checked before anything is written
             self._check_synced(item.name)
-        by_folder: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
             if item.expect is ANY or item.expect is None:
                 by_folder.setdefault(item.name.rpartition("/")[0], []).append(i)
         done = [False] * len(items)
-        if self._anonymous_supported():
+        if by_folder and self._anonymous_supported():
             for indexes in by_folder.values():
-                self._link_batch([items[i] for i in indexes], indexes, done)
+                self._link_batch(items, indexes, done)
         for i, item in enumerate(items):
             if not done[i]:  # taken, failed, not tried after a failure, or a replacement
                 with self.partial(item.name, item.sha256, expect=item.expect) as part:  # raises what was wrong
@@ -954,17 +953,20 @@ class Folder:
                     done[i] = part.commit(item.mtime, item.mode, item.vector)
         return done
 
-    def _link_batch(self, items: list[Install], indexes: list[int], done: list[bool]) -> None:
+    def _link_batch(self, items: Sequence[Install], indexes: list[int], done: list[bool]) -> None:
+        """Create `items[i]` for each of `indexes` (all in one folder) with one call
+        of the core; mark in `done` those it created."""
+        batch = [items[i] for i in indexes]
         try:
-            with self._parent(items[0].name, create=True) as (dir_fd, _):
-                batch = [
-                    (os.fsencode(it.name.rpartition("/")[2]), it.data, it.mtime, sync_mode(it.mode)) for it in items
-                ]
-                tried = link_new_files(dir_fd, batch)
+            with self._parent(batch[0].name, create=True) as (dir_fd, _):
+                tried = link_new_files(
+                    dir_fd,
+                    [(os.fsencode(it.name.rpartition("/")[2]), it.data, it.mtime, sync_mode(it.mode)) for it in batch],
+                )
         except (OSError, UnsafeName):
             return  # the one by one way meets the trouble and says what it is
         installed = []
-        for item, i, inode in zip(items, indexes, tried, strict=False):
+        for item, i, inode in zip(batch, indexes, tried, strict=False):
             if inode > 0:
                 done[i] = True
                 key = (len(item.data), item.mtime * 1_000_000_000, inode)
@@ -976,16 +978,20 @@ class Folder:
         their hashes are known (never read again) and, from p2psync sources, they
         are the versions agreed on with the network."""
         rows, hashes = [], {}
+        last, own_rows, own_deletions = self._last, self._rows, self._own_deletions
         for path, key, mode, sha256, mtime, vector in installed:
             if sha256 is None:
                 continue
+            size, mtime_ns, inode = key
             hashes[key] = sha256
-            version = Version(mtime, key[0], sha256, mode, vector)
-            row = IndexRow(path, key[0], key[1], mode, key[2], sha256, vector, version)
+            row = IndexRow(
+                path, size, mtime_ns, mode, inode, sha256, vector, Version(mtime, size, sha256, mode, vector)
+            )
             rows.append(row)
-            self._rows[path] = row
-            self._last[path] = _local_file(row)
-            self._own_deletions.pop(path, None)
+            own_rows[path] = row
+            last[path] = LocalFile(path, mtime_ns // 1_000_000_000, size, sha256, mtime_ns, inode, mode, vector)
+            if own_deletions:
+                own_deletions.pop(path, None)
         if rows:
             with self._lock:  # once for the batch
                 self._hashes.update(hashes)

@@ -551,32 +551,66 @@ class Fetcher:
         if anything."""
         verified: list[tuple[tuple[str, DirectoryEntry], Install]] = []
         failure: P2PSyncError | OSError | None = None
+        plain = channel is None and self.limiter is None  # replies as they come: read by the core, many at once
         try:
-            for name, entry in batch:
-                data = self._receive_verified(sock, reader, name, entry, channel)
-                expect = expects.get(name, ANY)
-                verified.append(
-                    ((name, entry), Install(name, data, entry.mtime, entry.sha256, entry.mode, expect, entry.vector))
-                )
+            while len(verified) < len(batch):
+                header = None
+                if plain:
+                    bodies: list[bytes] = []
+                    try:
+                        header = reader.read_replies([entry.size or 0 for _, entry in batch[len(verified) :]], bodies)
+                    finally:
+                        self._verify(batch, bodies, expects, verified)  # what came whole is kept, whatever follows
+                    if header is None:
+                        break
+                name, entry = batch[len(verified)]  # a reply the core left to the full check, or not plain
+                data = self._receive_one(sock, reader, name, entry, channel, header)
+                self._verify(batch, [data], expects, verified)
         except (P2PSyncError, OSError) as exc:
             failure = exc
         del batch[: len(verified)]
         return verified, failure
 
-    def _receive_verified(
-        self, sock: socket.socket, reader: Buffer, name: str, entry: DirectoryEntry, channel: Channel | None = None
+    @staticmethod
+    def _verify(
+        batch: Sequence[tuple[str, DirectoryEntry]],
+        bodies: Sequence[bytes],
+        expects: Mapping[str, Any],
+        verified: list[tuple[tuple[str, DirectoryEntry], Install]],
+    ) -> None:
+        """Append the next `bodies` of `batch` to `verified`, each if it is the version
+        its entry names; raises `TransferError` at the first that is not."""
+        for data in bodies:
+            wanted = batch[len(verified)]
+            name, entry = wanted
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise TransferError(f"{name}: content does not match the advertised SHA-256 {entry.sha256}")
+            verified.append(
+                (
+                    wanted,
+                    Install(name, data, entry.mtime, entry.sha256, entry.mode, expects.get(name, ANY), entry.vector),
+                )
+            )
+
+    def _receive_one(
+        self,
+        sock: socket.socket,
+        reader: Buffer,
+        name: str,
+        entry: DirectoryEntry,
+        channel: Channel | None = None,
+        header: bytes | None = None,
     ) -> bytes:
-        """The body of the next reply of a pipeline, if it is exactly the version `entry` names."""
-        header = reader.read_line()
+        """The body of the next reply of a pipeline (its `header` line, if already
+        read), if it is the size `entry` names."""
+        if header is None:
+            header = reader.read_line()
         length = decode_reply(header if channel is None else channel.open(header))
         if length != entry.size:
             raise TransferError(f"holder offers {length} bytes of {name}, the directory says {entry.size}")
         if self.limiter is not None:
             self.limiter.take(length)
-        data = recv_body(sock, reader, length)
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise TransferError(f"{name}: content does not match the advertised SHA-256 {entry.sha256}")
-        return data
+        return recv_body(sock, reader, length)
 
     @staticmethod
     def _install(part: PartialFile, entry: DirectoryEntry, hasher: Any) -> bool:
