@@ -31,6 +31,7 @@ __all__ = [
     "LineSplitter",
     "chunk_lengths",
     "link_new_files",
+    "read_small_file",
     "recv_to_file",
     "send_from_file",
 ]
@@ -145,6 +146,61 @@ cdef extern from *:
     }
     """
     long long p2p_link_new_file(int dir_fd, const char *name, const char *data, size_t n, long long mtime, int mode) nogil
+
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <sys/stat.h>
+    #include <unistd.h>
+    /* What read_small_file needs of a file's stat, the same on every system. */
+    typedef struct { long long size, mtime_ns, inode; int regular; } p2p_stat;
+    static void p2p_fill_stat(const struct stat *st, p2p_stat *out) {
+        out->size = (long long)st->st_size;
+    #if defined(__APPLE__)
+        out->mtime_ns = (long long)st->st_mtimespec.tv_sec * 1000000000LL + st->st_mtimespec.tv_nsec;
+    #else
+        out->mtime_ns = (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+    #endif
+        out->inode = (long long)st->st_ino;
+        out->regular = S_ISREG(st->st_mode);
+    }
+    /* Open `name` in `dir_fd` to serve it (never through a symlink, never waiting on
+       a FIFO) and stat it: the fd, or -errno. */
+    static int p2p_open_to_serve(int dir_fd, const char *name, p2p_stat *out) {
+        struct stat st;
+        int err, fd = openat(dir_fd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return -errno;
+        if (fstat(fd, &st) < 0) {
+            err = errno;
+            close(fd);
+            return -err;
+        }
+        p2p_fill_stat(&st, out);
+        return fd;
+    }
+    /* Read `n` bytes from the start of `fd` in one pread (retried on EINTR) and stat
+       it again: bytes read, or -errno. */
+    static long long p2p_read_and_restat(int fd, char *into, size_t n, p2p_stat *out) {
+        struct stat st;
+        ssize_t got;
+        do got = pread(fd, into, n, 0); while (got < 0 && errno == EINTR);
+        if (got < 0 || fstat(fd, &st) < 0) return -errno;
+        p2p_fill_stat(&st, out);
+        return (long long)got;
+    }
+    """
+    ctypedef struct p2p_stat:
+        long long size
+        long long mtime_ns
+        long long inode
+        int regular
+    int p2p_open_to_serve(int dir_fd, const char *name, p2p_stat *out) nogil
+    long long p2p_read_and_restat(int fd, char *into, size_t n, p2p_stat *out) nogil
+
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
 
 
 cdef inline object _too_long(const char *start, Py_ssize_t available, Py_ssize_t max_line):
@@ -606,6 +662,37 @@ def link_new_files(int dir_fd, files):
         free(mtimes)
         free(modes)
         free(results)
+
+
+
+def read_small_file(int dir_fd, bytes name, long long max_bytes):
+    """The whole reply to a request for a small file, read in one piece (see p2psync/_twin.py)."""
+    cdef p2p_stat st, now
+    cdef const char *path = name
+    cdef char header[40]
+    cdef int fd, hlen
+    cdef long long got
+    cdef char *body
+    with nogil:
+        fd = p2p_open_to_serve(dir_fd, path, &st)
+    if fd < 0:
+        raise OSError(-fd, strerror(-fd).decode(), name)
+    try:
+        if not st.regular or st.size > max_bytes:
+            return None
+        hlen = snprintf(header, sizeof(header), b"Content-Length: %lld\n", st.size)
+        reply = PyBytes_FromStringAndSize(NULL, hlen + st.size)
+        body = PyBytes_AS_STRING(reply)
+        memcpy(body, header, hlen)
+        with nogil:
+            got = p2p_read_and_restat(fd, body + hlen, <size_t>st.size, &now)
+        if got < 0:
+            raise OSError(-got, strerror(<int>-got).decode())
+        if got != st.size or now.size != st.size or now.mtime_ns != st.mtime_ns:
+            raise TransferError("file changed while being sent; stopped after 0 bytes")
+        return reply, st.size, st.mtime_ns, st.inode
+    finally:
+        close(fd)
 
 
 

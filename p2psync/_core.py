@@ -19,6 +19,7 @@ __all__ = [
     "LineSplitter",
     "chunk_lengths",
     "link_new_files",
+    "read_small_file",
     "recv_to_file",
     "send_from_file",
 ]
@@ -46,5 +47,6 @@ Chunker = _chosen.Chunker
 chunk_lengths = _chosen.chunk_lengths
 LineSplitter = _chosen.LineSplitter
 link_new_files = _chosen.link_new_files
+read_small_file = _chosen.read_small_file
 recv_to_file = _chosen.recv_to_file
 send_from_file = _chosen.send_from_file

@@ -13,6 +13,7 @@ __all__ = [
     "LineSplitter",
     "chunk_lengths",
     "link_new_files",
+    "read_small_file",
     "recv_to_file",
     "send_from_file",
 ]
@@ -66,6 +67,7 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
 def link_new_files(
     dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple[bytes, bytes, int, int]]
 ) -> list[int]: ...
+def read_small_file(dir_fd: int, name: bytes, max_bytes: int) -> tuple[bytes, int, int, int] | None: ...
 def chunk_lengths(data: bytes | bytearray | memoryview) -> list[int]: ...
 
 @disjoint_base

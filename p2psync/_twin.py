@@ -30,6 +30,7 @@ __all__ = [
     "LineSplitter",
     "chunk_lengths",
     "link_new_files",
+    "read_small_file",
     "recv_to_file",
     "send_from_file",
 ]
@@ -358,6 +359,32 @@ def link_new_files(dir_fd: int, files: Sequence[tuple[bytes, bytes, int] | tuple
         finally:
             os.close(fd)
     return results
+
+
+def read_small_file(dir_fd: int, name: bytes, max_bytes: int) -> tuple[bytes, int, int, int] | None:
+    """The whole reply to a request for the file `name` in the folder `dir_fd`,
+    header and body, read in one piece: `(b"Content-Length: N\\n" + its N bytes,
+    N, mtime_ns, inode)`. The hot half of serving a pipeline's small files.
+
+    Opened never through a symlink (`O_NOFOLLOW`: ELOOP) and never waiting on
+    a FIFO; read with one `pread`, then checked unchanged (size and mtime).
+    None, with nothing read, when it is not a regular file or is over
+    `max_bytes` (the caller's slower way says why, or sends it in pieces).
+    Raises `OSError` when it cannot be opened or read (`FileNotFoundError` for
+    one that is not there), `TransferError` when it changed while read.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = os.pread(fd, st.st_size, 0)
+        now = os.fstat(fd)
+        if len(data) != st.st_size or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise TransferError("file changed while being sent; stopped after 0 bytes")
+        return b"Content-Length: %d\n" % st.st_size + data, st.st_size, st.st_mtime_ns, st.st_ino
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- chunking

@@ -20,6 +20,7 @@ from ._core import (
     Buffer,
     LineSplitter,
     link_new_files,
+    read_small_file,
     recv_to_file,
     send_from_file,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "request",
     "body_reply",
     "small_reply",
+    "whole_small_reply",
     "transfer_deadline",
     "sealed_reply",
     "upload",
@@ -221,6 +223,13 @@ def small_reply(fd: int, st: os.stat_result, offset: int = 0, length: int | None
     data = os.pread(fd, end - offset, offset)
     _check_unchanged(fd, st, len(data) == end - offset, 0)
     return encode_header(end - offset) + data
+
+
+def whole_small_reply(dir_fd: int, leaf: bytes) -> tuple[bytes, int, int, int] | None:
+    """`small_reply` of a whole file, opened and read by the core in one call:
+    `(reply, size, mtime_ns, inode)`, or None for a file larger than
+    `SMALL_FILE_BYTES` or not a regular one (see `read_small_file`)."""
+    return read_small_file(dir_fd, leaf, SMALL_FILE_BYTES)
 
 
 def _check_unchanged(fd: int, st: os.stat_result, complete: bool, sent: int) -> None:

@@ -17,7 +17,7 @@ from p2psync.config import PeerSettings
 from p2psync.peer import FileSynchronizer
 from p2psync.tracker import Tracker
 
-CORE_NAMES = ("Buffer", "LineSplitter", "link_new_files", "recv_to_file", "send_from_file")
+CORE_NAMES = ("Buffer", "LineSplitter", "link_new_files", "read_small_file", "recv_to_file", "send_from_file")
 
 
 @pytest.fixture

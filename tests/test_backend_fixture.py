@@ -22,6 +22,11 @@ def test_every_user_of_the_core_is_switched(backend: str, impl: ModuleType) -> N
             if hasattr(module, name):
                 assert getattr(module, name) is getattr(impl, name), f"{module.__name__}.{name}"
                 switched.add(f"{module.__name__}.{name}")
-    assert {"p2psync.local.folder.link_new_files", "p2psync.transfer.recv_to_file", "p2psync._core.Buffer"} <= switched
+    assert {
+        "p2psync.local.folder.link_new_files",
+        "p2psync.transfer.read_small_file",
+        "p2psync.transfer.recv_to_file",
+        "p2psync._core.Buffer",
+    } <= switched
     assert len(switched) >= 12
     assert backend == {"p2psync._twin": "python", "p2psync._speedups": "cython"}[impl.__name__]

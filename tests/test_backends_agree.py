@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import itertools
@@ -128,8 +129,9 @@ def _open_fds() -> set[str]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 def test_the_core_leaks_no_file_descriptors(tmp_path) -> None:
-    """Whatever the core opens itself (the anonymous files of link_new_files) it
-    closes, on success and on every failure; the copy loops open nothing."""
+    """Whatever the core opens itself (the anonymous files of link_new_files, the
+    files read_small_file serves) it closes, on success and on every failure; the
+    copy loops open nothing."""
     before = _open_fds()
     for mod in (twin, fast):
         _copy_over_socket(mod, b"abc" * 1000, [7], 3000)
@@ -139,6 +141,9 @@ def test_the_core_leaks_no_file_descriptors(tmp_path) -> None:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             mod.link_new_files(fd, [(b"new", b"1", 5), (b"taken", b"2", 5), (b"no/dir", b"3", 5)] * 20)
+            for name, limit in [(b"new", 10), (b"new", 0), (b"taken", 10), (b"missing", 10), (b".", 10)] * 20:
+                with contextlib.suppress(OSError):
+                    mod.read_small_file(fd, name, limit)
         finally:
             os.close(fd)
     assert _open_fds() == before
@@ -179,6 +184,46 @@ def test_link_new_files_agree(files: list[tuple[bytes, bytes, int, int]]) -> Non
             folder = os.path.join(scratch, mod.__name__)
             results.append(_link_into(mod, folder, files))
         assert results[0] == results[1]
+
+
+def _read_small(mod: ModuleType, folder: str, kind: str, data: bytes, limit: int) -> object:
+    """`mod.read_small_file` of one `kind` of thing at `folder/x`: what it returned
+    (the inode as "inode") or what it raised."""
+    os.makedirs(folder)
+    path = os.path.join(folder, "x")
+    if kind == "file":
+        with open(path, "wb") as file:
+            file.write(data)
+    elif kind == "folder":
+        os.mkdir(path)
+    elif kind == "symlink":
+        os.symlink(os.path.join(folder, "elsewhere"), path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = mod.read_small_file(fd, b"x", limit)
+    except OSError as exc:
+        return type(exc), exc.errno
+    finally:
+        os.close(fd)
+    if got is None:
+        return None
+    reply, size, mtime_ns, inode = got
+    st = os.stat(path)
+    return reply, size, mtime_ns == st.st_mtime_ns, inode == st.st_ino
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["file", "folder", "symlink", "fifo", "missing"]),
+    st.binary(max_size=5000),
+    st.integers(0, 6000),
+)
+def test_read_small_file_agree(kind: str, data: bytes, limit: int) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        results = [_read_small(mod, os.path.join(scratch, mod.__name__), kind, data, limit) for mod in (twin, fast)]
+    assert results[0] == results[1]
 
 
 def _send_over_socket(mod: ModuleType, data: bytes, offset: int, nbytes: int) -> tuple:

@@ -160,6 +160,53 @@ def test_link_new_files_stops_at_the_first_failure(impl, tmp_path: Path) -> None
     assert impl.link_new_files(-1, [(b"x", b"", 1)]) == [-errno.EBADF]
 
 
+# ------------------------------------------------------------------ the core's half of serving: read_small_file
+
+
+def test_read_small_file_gives_the_whole_reply_and_the_files_key(impl, tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "empty").write_bytes(b"")
+    fd = _dir(tmp_path)
+    try:
+        got = impl.read_small_file(fd, b"a.bin", 5000)
+        empty = impl.read_small_file(fd, b"empty", 0)
+    finally:
+        os.close(fd)
+    st = os.stat(tmp_path / "a.bin")
+    assert got == (b"Content-Length: 5000\n" + data, 5000, st.st_mtime_ns, st.st_ino)
+    assert empty is not None and empty[:2] == (b"Content-Length: 0\n", 0)
+
+
+def test_read_small_file_leaves_large_files_folders_and_fifos_to_the_slower_way(impl, tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * 101)
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # opened without waiting for a writer, then seen not to be a file
+    fd = _dir(tmp_path)
+    try:
+        assert [impl.read_small_file(fd, name, 100) for name in (b"big", b"sub", b"fifo")] == [None, None, None]
+        assert impl.read_small_file(fd, b"big", 101) is not None
+    finally:
+        os.close(fd)
+
+
+def test_read_small_file_never_follows_a_symlink_and_says_what_is_missing(impl, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("outside")
+    os.symlink(tmp_path / "secret", tmp_path / "link")
+    fd = _dir(tmp_path)
+    try:
+        with pytest.raises(OSError) as followed:
+            impl.read_small_file(fd, b"link", 100)
+        with pytest.raises(FileNotFoundError):
+            impl.read_small_file(fd, b"missing", 100)
+    finally:
+        os.close(fd)
+    assert followed.value.errno == errno.ELOOP
+    with pytest.raises(OSError) as bad_fd:
+        impl.read_small_file(-1, b"secret", 100)
+    assert bad_fd.value.errno == errno.EBADF
+
+
 def test_paths_through_missing_folders_files_and_symlinks_leak_or_close_no_descriptor(
     folder: Folder, tmp_path: Path
 ) -> None:

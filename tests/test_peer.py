@@ -210,6 +210,43 @@ def test_refuses_what_it_must_not_serve(serving, line: bytes, reason: bytes) -> 
     assert rest == b""
 
 
+def _pipelined(name: bytes, digest: bytes) -> bytes:
+    return name + b"\x000\x00" + digest + b"\x00keep-open\n"
+
+
+FINE = hashlib.sha256(b"fine").hexdigest().encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "digest", "reason"),
+    [
+        (b"missing.txt", FINE, b"no such file"),
+        (b"sub", FINE, b"not a regular file"),
+        (b"link.txt", FINE, b"symbolic link"),
+        (b"code.py", FINE, b"not a synced file"),
+        (b"ok.txt", b"0" * 64, b"version"),
+    ],
+)
+def test_a_pipeline_is_refused_what_a_single_request_is(serving, name: bytes, digest: bytes, reason: bytes) -> None:
+    """Pipelined requests for small files are read by the core in one call: they
+    meet the same refusals, after the replies asked for before them."""
+    first, rest = request(serving.port, _pipelined(b"ok.txt", FINE) + _pipelined(name, digest))
+    assert first == b"Content-Length: 4"
+    assert rest.startswith(b"fine") and reason in rest
+    assert rest.endswith(b"\n") and rest.count(b"\n") == 1  # one Error line, then the connection closed
+
+
+def test_a_pipeline_gets_a_version_rewritten_after_the_scan(serving) -> None:
+    """A file rewritten after the scan: until a scan hashes it, its hash is not
+    cached, and the slower way hashes it; either way the version asked for is
+    served and another refused."""
+    (Path(serving.folder.root) / "ok.txt").write_bytes(b"newer")
+    newer = hashlib.sha256(b"newer").hexdigest().encode()
+    assert request(serving.port, _pipelined(b"ok.txt", newer)) == (b"Content-Length: 5", b"newer")
+    first, rest = request(serving.port, _pipelined(b"ok.txt", FINE))
+    assert first.startswith(b"Error: ") and b"version" in first and rest == b""
+
+
 def test_an_endless_request_is_refused(serving) -> None:
     first, rest = request(serving.port, b"a" * 5000)  # no newline within the 4096-byte bound
     assert first.startswith(b"Error: line longer than 4096 bytes")

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from p2psync._core import link_new_files
 from p2psync.chunking import DELTA_MIN_BYTES
@@ -106,6 +106,9 @@ class LocalFile:
 
     def version(self) -> Version:
         return Version(self.mtime, self.size, self.sha256, self.mode, self.vector)
+
+
+_Read = TypeVar("_Read")  # what a `read_to_serve` reader returns
 
 
 class Install(NamedTuple):
@@ -840,14 +843,31 @@ class Folder:
                 folder, _, leaf = name.rpartition("/")
                 fd = os.open(leaf, flags | O_NOFOLLOW | O_CLOEXEC, dir_fd=folders.get(folder, name))
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafeName(f"{name!r} is a symbolic link") from None
-            raise
+            raise _symlink_refused(name, exc) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise UnsafeName(f"{name!r} is not a regular file")
         return fd, st
+
+    def read_to_serve(
+        self, name: str, folders: OpenFolders, read: Callable[[int, bytes], tuple[_Read, int, int, int] | None]
+    ) -> tuple[_Read, str | None] | None:
+        """`read(dir_fd, leaf)` of the file `name` (the core reading a small file where
+        it lives, never through a symlink), and the file's SHA-256 when the scan's
+        cache knows that version; None when `read` says the file needs the slower
+        way. Raises `UnsafeName` as `open_for_serving` does, and what `read` raises."""
+        self._check_synced(name)
+        folder, _, leaf = name.rpartition("/")
+        try:
+            got = read(folders.get(folder, name) if folder else self._dir_fd, os.fsencode(leaf))
+        except OSError as exc:
+            raise _symlink_refused(name, exc) from None
+        if got is None:
+            return None
+        what, size, mtime_ns, inode = got
+        with self._lock:
+            return what, self._hashes.get((size, mtime_ns, inode))
 
     # ------------------------------------------------------------ receiving
 
@@ -1036,6 +1056,12 @@ class Folder:
             return os.open(".", os.O_RDWR | O_TMPFILE | O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError:  # this filesystem cannot (EOPNOTSUPP; EISDIR on old kernels), or the
             return -1  # trouble is general, and the named way will meet it and say what it is
+
+
+def _symlink_refused(name: str, exc: OSError) -> Exception:
+    """What to raise when opening `name` to serve it failed with `exc`: `UnsafeName`
+    when it met a symlink where the file should be (`O_NOFOLLOW`), else `exc`."""
+    return UnsafeName(f"{name!r} is a symbolic link") if exc.errno == errno.ELOOP else exc
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

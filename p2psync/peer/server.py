@@ -25,7 +25,7 @@ from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Transf
 from p2psync.events import Events
 from p2psync.local import Folder, OpenFolders
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake, wrap_server
-from p2psync.protocol import decode_request, encode_refusal
+from p2psync.protocol import FileRequest, decode_request, encode_refusal
 from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
 from p2psync.transfer import Buffer, upload
@@ -202,10 +202,24 @@ class FileServer:
             if held.channel is not None:
                 line = held.channel.open(line)
             request = decode_request(line)
+            seal = held.channel.seal if held.channel is not None else None
+            if (
+                folders is not None
+                and request.keep_open
+                and not (request.chunks or request.offset)
+                and request.length is None
+            ):
+                reply = self._whole_small(request, folders)  # a pipeline's small file: one call of the core
+                if reply is not None:
+                    reply = transfer.sealed_reply(reply, seal)
+                    if self.limiter is not None:
+                        self.limiter.take(len(reply))
+                    held.add(reply)
+                    log.debug("served %s to %s", request.name, who)
+                    return True
             fd, st = self.folder.open_for_serving(request.name, folders)
             if request.sha256 is not None and self.folder.digest(fd, st) != request.sha256:
                 raise UnsafeName(f"{request.name!r}: that version is no longer here")
-            seal = held.channel.seal if held.channel is not None else None
             if request.chunks:  # its chunk list instead of its bytes (cut now, or from the index)
                 held.add(transfer.sealed_reply(transfer.body_reply(self.folder.chunk_list(fd, st).encode()), seal))
                 return request.keep_open
@@ -245,6 +259,20 @@ class FileServer:
             if fd >= 0:
                 os.close(fd)
         return False
+
+    def _whole_small(self, request: FileRequest, folders: OpenFolders) -> bytes | None:
+        """The reply to a request for a whole small file of the version it names, read
+        by the core; None when the file takes the slower way (large, not a regular
+        file, or a version whose hash the scan has not cached: `open_for_serving`,
+        then hashed). Raises what that way raises for a file that is not there or
+        not that version."""
+        got = self.folder.read_to_serve(request.name, folders, transfer.whole_small_reply)
+        if got is None or got[1] is None:
+            return None
+        reply, digest = got
+        if digest != request.sha256:
+            raise UnsafeName(f"{request.name!r}: that version is no longer here")
+        return reply
 
 
 class _ShownUpload:
