@@ -21,6 +21,7 @@ from p2psync.config import DeleteLimit
 from p2psync.errors import FolderGone
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder
+from p2psync.paths import MAX_DEPTH
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
@@ -88,6 +89,36 @@ def test_a_symlink_is_never_followed_or_synced(tmp_path: Path, start_tracker, en
     peer_b.sync()
     assert sorted(os.listdir(outside)) == ["secret.txt"]  # nothing was written through b's symlink
     assert "linked/secret.txt" not in tracker.directory.entries()  # nor served through a's
+
+
+def test_a_scan_says_once_what_it_passes_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Symlinks, FIFOs and folders too deep do not sync: one log line says which,
+    each path once; what the ignore rules leave out is not mentioned."""
+    root = tmp_path / "f"
+    write(root / "real.txt", "real")
+    os.symlink(tmp_path, root / "to-outside")
+    os.symlink("real.txt", root / "ignored-link")
+    os.mkfifo(root / "pipe")
+    deep = root.joinpath(*["d"] * MAX_DEPTH)
+    write(deep / "far.txt", "too deep")
+    synced = Folder(root, IgnoreRules.tree(["ignored-link"]), state=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="p2psync"):
+            assert set(synced.scan()) == {"real.txt"}
+        said = [r.getMessage() for r in caplog.records if "not syncing" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "1 FIFO, 1 folder too deep, 1 symlink" in said[0] and f"at most {MAX_DEPTH} deep" in said[0]
+        assert "to-outside" in said[0] and "pipe" in said[0] and "/".join(["d"] * MAX_DEPTH) + "/" in said[0]
+        assert "ignored-link" not in said[0]
+        caplog.clear()
+        os.symlink("real.txt", root / "second-link")
+        with caplog.at_level(logging.INFO, logger="p2psync"):
+            synced.scan()
+            synced.scan()
+        said = [r.getMessage() for r in caplog.records if "not syncing" in r.getMessage()]
+        assert len(said) == 1 and "1 symlink in" in said[0] and said[0].endswith(": second-link"), said
+    finally:
+        synced.close()
 
 
 def test_ignore_rules_and_the_defaults(tmp_path: Path, start_tracker, engine) -> None:

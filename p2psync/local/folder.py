@@ -28,6 +28,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
@@ -326,8 +327,10 @@ class Folder:
         """
         seen: list[tuple[str, os.stat_result]] = []
         unreadable: list[str] = []  # folders that could not be listed: what they hold is not gone
-        self._walk(self._dir_fd, "", 0, seen, unreadable)
+        passed_over: list[tuple[str, str]] = []
+        self._walk(self._dir_fd, "", 0, seen, unreadable, passed_over)
         self.check_present()  # after the walk: gone before it or during it, what it missed is not deleted
+        self._say_passed_over(passed_over)
         found: dict[str, LocalFile] = {}
         last, rows = self._last, self._rows
         new_rows: list[IndexRow] = []
@@ -394,7 +397,13 @@ class Folder:
             self.index.update(rows, gone + ignored, tombstones, back)
 
     def _walk(
-        self, dir_fd: int, prefix: str, depth: int, out: list[tuple[str, os.stat_result]], unreadable: list[str]
+        self,
+        dir_fd: int,
+        prefix: str,
+        depth: int,
+        out: list[tuple[str, os.stat_result]],
+        unreadable: list[str],
+        passed_over: list[tuple[str, str]],
     ) -> None:
         try:
             entries = list(os.scandir(dir_fd))
@@ -406,12 +415,35 @@ class Folder:
             path = prefix + entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if depth + 1 < MAX_DEPTH and self._allowed(path) and self.rules.descends(path):
-                        self._walk_into(dir_fd, entry.name, path, depth + 1, out, unreadable)
-                elif entry.is_file(follow_symlinks=False) and self._allowed(path) and self.rules.syncs(path):
-                    out.append((path, entry.stat(follow_symlinks=False)))
+                    if not (self._allowed(path) and self.rules.descends(path)):
+                        continue
+                    if depth + 1 < MAX_DEPTH:
+                        self._walk_into(dir_fd, entry.name, path, depth + 1, out, unreadable, passed_over)
+                    else:
+                        passed_over.append((path + "/", "folder too deep"))
+                elif entry.is_file(follow_symlinks=False):
+                    if self._allowed(path) and self.rules.syncs(path):
+                        out.append((path, entry.stat(follow_symlinks=False)))
+                elif self.rules.syncs(path) and self._allowed(path):
+                    passed_over.append((path, _special_kind(entry)))
             except OSError:  # vanished since listed
                 continue
+
+    def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
+        """One line for what a scan left out that a user may expect to sync
+        (symlinks, special files, folders too deep), each path said once."""
+        new = [(path, kind) for path, kind in passed_over if path not in self._warned]
+        if not new:
+            return
+        self._warned.update(path for path, _ in new)
+        kinds = Counter(kind for _, kind in new)
+        counted = ", ".join(f"{n} {kind if n == 1 else _PLURALS[kind]}" for kind, n in sorted(kinds.items()))
+        shown = ", ".join(path for path, _ in new[:_PASSED_OVER_SHOWN])
+        more = f" and {len(new) - _PASSED_OVER_SHOWN} more" if len(new) > _PASSED_OVER_SHOWN else ""
+        rule = "only regular files and folders sync" + (
+            f", at most {MAX_DEPTH} deep" if "folder too deep" in kinds else ""
+        )
+        log.info("not syncing %s in %s (%s): %s%s", counted, self.root, rule, shown, more)
 
     def _walk_into(
         self,
@@ -421,6 +453,7 @@ class Folder:
         depth: int,
         out: list[tuple[str, os.stat_result]],
         unreadable: list[str],
+        passed_over: list[tuple[str, str]],
     ) -> None:
         try:
             sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
@@ -432,7 +465,7 @@ class Folder:
             unreadable.append(path + "/")
             return
         try:
-            self._walk(sub, path + "/", depth, out, unreadable)
+            self._walk(sub, path + "/", depth, out, unreadable, passed_over)
         finally:
             os.close(sub)
 
@@ -1066,3 +1099,22 @@ def _symlink_refused(name: str, exc: OSError) -> Exception:
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
+
+
+# What a scan passes over, as its one log line names it.
+_PLURALS = {
+    "symlink": "symlinks",
+    "FIFO": "FIFOs",
+    "socket": "sockets",
+    "device": "devices",
+    "folder too deep": "folders too deep",
+}
+_PASSED_OVER_SHOWN = 5  # paths named in that line; the rest are counted
+
+
+def _special_kind(entry: os.DirEntry[str]) -> str:
+    """What a directory entry that is neither a regular file nor a folder is."""
+    if entry.is_symlink():
+        return "symlink"
+    st_mode = entry.stat(follow_symlinks=False).st_mode
+    return "FIFO" if stat.S_ISFIFO(st_mode) else "socket" if stat.S_ISSOCK(st_mode) else "device"

@@ -21,7 +21,7 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
     how = {"tracker": "checked against the tracker now", "last round": "as the last round left it"}.get(
         doc["checked"], "never synced"
     )
-    console.print(f"[bold]{doc['folder']}[/]: {state} ({how}); {doc['files']} files")
+    console.print(f"[bold]{doc['folder']}[/]: {state} ({how}); {_count(doc['files'], 'file')}")
     last = doc.get("last_round")
     if last:
         when = datetime.datetime.fromtimestamp(last["time"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -31,7 +31,7 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
     _table(console, "Conflict copies", ("path",), [(p,) for p in doc["conflicts"]])
     if doc["held_back"]:
         console.print(
-            f"[yellow]the brake holds back {doc['held_back']} deletions[/]: "
+            f"[yellow]the brake holds back {_count(doc['held_back'], 'deletion')}[/]: "
             "run `p2psync sync DIR --max-delete 100%` once to let them go"
         )
     _table(console, "Trash (.p2psync/trash/)", ("path",), [(p,) for p in doc["trash"]])
@@ -41,6 +41,10 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
         _table(console, f"Tracker {tracker['address']} ({tracker['kind']})", ("path", "size", "mtime", "holders"), rows)
         deleted = [(d["path"], _when(d["time"])) for d in tracker["deleted"]]
         _table(console, "Deleted on the network", ("path", "deleted at"), deleted)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _size(size: int | None) -> str:
