@@ -27,6 +27,7 @@ from .config import PeerSettings
 from .errors import ConfigError, FolderGone
 from .events import Events, LogEvents, RoundOutcome
 from .ignore import STATE_DIR, IgnoreRules
+from .local.lock import check_unlocked
 from .local.watching import WatchingUnavailable, require_watching
 from .net import bind_first_free, lan_address
 from .options import (
@@ -284,6 +285,7 @@ def _prepare_folder(folder: str) -> None:
         raise ConfigError(f"{folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write to the folder {folder}: permission denied")
+    check_unlocked(os.path.join(folder, STATE_DIR), folder)  # before a tracker or a listener starts
 
 
 def _resolvable(host: str, port: int) -> None:

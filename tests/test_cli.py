@@ -243,6 +243,7 @@ def test_a_second_sync_of_one_folder_is_refused(run, env, tmp_path: Path) -> Non
     )
     assert second.returncode == 2
     assert "already syncing" in second.stderr and "Traceback" not in second.stderr
+    assert second.stderr.strip().count("\n") == 0, second.stderr  # that one line: no tracker was started first
     assert first.proc.poll() is None  # the first goes on
     assert first.interrupt() == 0
 

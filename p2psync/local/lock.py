@@ -24,3 +24,11 @@ def lock_folder(state_path: str, root: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def check_unlocked(state_path: str, root: str) -> None:
+    """Raise `ConfigError` now if another p2psync holds the folder, so a command
+    says so before it starts anything (a tracker, a listener). The lock itself
+    is taken later, by the folder; this only looks."""
+    if os.path.isdir(state_path):
+        os.close(lock_folder(state_path, root))
