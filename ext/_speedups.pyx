@@ -21,7 +21,7 @@ from posix.types cimport off_t
 from posix.unistd cimport pread, write
 
 from p2psync import chunking as _chunking
-from p2psync.errors import ConnectionClosed, ProtocolError, TransferError
+from p2psync.errors import ConnectionClosed, ProtocolError, TransferError, send_failed
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -571,7 +571,7 @@ cdef long long _send_by_copy(int sockfd, int fd, long long offset, long long nby
                 if err == EINTR:
                     PyErr_CheckSignals()
                     continue
-                raise TransferError(f"send failed: {_strerror(err)}")
+                raise send_failed(err, _strerror(err))
             pos += out
         sent += got
     return sent
@@ -605,7 +605,7 @@ def send_from_file(sock, int fd, long long offset, long long nbytes):
             # No sendfile for this platform or file: copy through a buffer.
             return _send_by_copy(sockfd, fd, offset, nbytes, timeout_ms)
         else:
-            raise TransferError(f"send failed: {_strerror(err)}")
+            raise send_failed(err, _strerror(err))
     return nbytes
 
 

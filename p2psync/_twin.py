@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .chunking import AVG_CHUNK, GEAR, MASK_L, MASK_S, MAX_CHUNK, MIN_CHUNK
-from .errors import ConnectionClosed, ProtocolError, TransferError
+from .errors import ConnectionClosed, ProtocolError, TransferError, send_failed
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -313,7 +313,7 @@ def send_from_file(sock: socket.socket, fd: int, offset: int, nbytes: int) -> in
         except TimeoutError:
             raise TransferError(f"timed out sending {nbytes} bytes") from None
         except OSError as exc:
-            raise TransferError(f"send failed: {exc.strerror or exc}") from None
+            raise send_failed(exc.errno, exc.strerror or str(exc)) from None
     if sent != nbytes:
         raise TransferError(f"file ended after {sent} of {nbytes} bytes (changed while being sent?)")
     return nbytes

@@ -6,15 +6,19 @@ keep serving; nothing here is fatal to a process.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "FolderGone",
     "P2PSyncError",
+    "PeerHungUp",
     "ProtocolError",
     "Refused",
     "TransferError",
     "UnsafeName",
+    "send_failed",
 ]
 
 
@@ -34,6 +38,23 @@ class ConnectionClosed(ProtocolError):
 class TransferError(P2PSyncError):
     """A file transfer failed: short stream, size or hash mismatch, timeout,
     a refusal from the holder, or a source file that changed while sent."""
+
+
+class PeerHungUp(TransferError):
+    """The other side closed or reset the connection while this side was sending
+    to it: its choice (it had what it needed, got the rest elsewhere, or stopped),
+    not a fault here."""
+
+
+def send_failed(errno_value: int | None, reason: str) -> TransferError:
+    """The error for a send that failed with `errno_value`: `PeerHungUp` when the
+    other side went away (EPIPE, ECONNRESET), else a `TransferError`."""
+    if errno_value in _HUNG_UP:
+        return PeerHungUp(f"the other side closed the connection: {reason}")
+    return TransferError(f"send failed: {reason}")
+
+
+_HUNG_UP = frozenset({errno.EPIPE, errno.ECONNRESET})
 
 
 class Refused(TransferError):

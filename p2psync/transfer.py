@@ -24,7 +24,7 @@ from ._core import (
     recv_to_file,
     send_from_file,
 )
-from .errors import TransferError
+from .errors import TransferError, send_failed
 from .local.fileops import write_all
 from .net import is_tls
 from .protocol import decode_reply, encode_header, encode_request
@@ -242,7 +242,7 @@ def _sendall(sock: socket.socket, data: bytes | memoryview) -> None:
     try:
         sock.sendall(data)
     except OSError as exc:
-        raise TransferError(f"send failed: {exc.strerror or exc}") from None
+        raise send_failed(exc.errno, exc.strerror or str(exc)) from None
 
 
 def request(

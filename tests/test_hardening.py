@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -28,7 +29,7 @@ from p2psync.tracker.directory import Directory
 
 from .classic_peer import recv_line
 from .holders import Holder, info_for, sha
-from .loopback import LOOPBACK, in_thread
+from .loopback import LOOPBACK, in_thread, wait_until
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -198,6 +199,37 @@ def test_a_file_changing_while_served_is_not_delivered(tmp_path: Path, make_peer
         while chunk := sock.recv(1 << 20):
             body += chunk
     assert len(body) < len(data)  # stopped short: a classic receiver sees a failed transfer too
+
+
+def test_a_receiver_hanging_up_mid_upload_is_no_warning(
+    tmp_path: Path, make_peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver may stop reading (it got the rest from another holder): the
+    holder notes it at debug level, warns of nothing, and goes on serving."""
+    data = os.urandom(32 << 20)  # more than the socket buffers hold: the sender is mid-file when cut off
+    (tmp_path / "big.bin").write_bytes(data)
+    (tmp_path / "small.txt").write_bytes(b"small")
+    peer = make_peer(tmp_path, 9)
+    peer.start()
+    with caplog.at_level(logging.DEBUG, logger="p2psync.peer.server"):
+        with socket.create_connection((LOOPBACK, peer.port), timeout=30) as sock:
+            sock.sendall(b"big.bin\n")
+            header, _ = recv_line(sock)
+            assert header == b"Content-Length: %d" % len(data)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        wait_until(
+            lambda: any("closed the connection during an upload" in r.getMessage() for r in caplog.records),
+            20,
+            "the holder to see the hang-up",
+        )
+        with socket.create_connection((LOOPBACK, peer.port), timeout=30) as sock:
+            sock.sendall(b"small.txt\n")
+            header, body = recv_line(sock)
+            while len(body) < 5 and (chunk := sock.recv(10)):
+                body += chunk
+        assert (header, body) == (b"Content-Length: 5", b"small")
+    served = [r for r in caplog.records if r.name == "p2psync.peer.server"]
+    assert [r.getMessage() for r in served if r.levelno >= logging.WARNING] == []
 
 
 def test_a_download_that_does_not_fit_is_refused_before_writing(tmp_path: Path, make_peer, monkeypatch) -> None:

@@ -63,7 +63,11 @@ def _how(links: Sequence[delta.Link], fetched: int, steps: Sequence[Step]) -> st
     if len(used) == 1:
         how = "from {}:{}".format(*used[0].holder)
     else:
-        how = "from " + ", ".join(f"{ip}:{port} ({link.delivered} runs)" for link in used for ip, port in [link.holder])
+        how = "from " + ", ".join(
+            f"{ip}:{port} ({link.delivered} {'run' if link.delivered == 1 else 'runs'})"
+            for link in used
+            for ip, port in [link.holder]
+        )
     reused = sum(step.length for step in steps if step.source is not None)
     if reused:
         how += f", as a delta: {size_text(fetched)} fetched, {size_text(reused)} reused"

@@ -21,7 +21,15 @@ from typing import Any
 
 from p2psync import transfer
 from p2psync.deadlines import Watchdog
-from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, TransferError, UnsafeName
+from p2psync.errors import (
+    ConnectionClosed,
+    P2PSyncError,
+    PeerHungUp,
+    ProtocolError,
+    TransferError,
+    UnsafeName,
+    send_failed,
+)
 from p2psync.events import Events
 from p2psync.local import Folder, OpenFolders
 from p2psync.membership import HANDSHAKE_TIMEOUT_S, server_handshake, wrap_server
@@ -248,6 +256,8 @@ class FileServer:
         except (UnsafeName, ProtocolError) as exc:
             log.warning("peer %s: %s; refusing", who, exc)
             held.refuse(str(exc))
+        except PeerHungUp:
+            log.debug("peer %s: closed the connection during an upload", who)
         except TransferError as exc:
             log.warning("peer %s: transfer aborted: %s", who, exc)
         except P2PSyncError as exc:
@@ -337,7 +347,7 @@ class _HeldReplies:
             try:
                 self.conn.sendall(data)
             except OSError as exc:
-                raise TransferError(f"send failed: {exc.strerror or exc}") from None
+                raise send_failed(exc.errno, exc.strerror or str(exc)) from None
 
     def refuse(self, reason: str) -> None:
         """Send what is held, then refuse the request after it, and close."""
