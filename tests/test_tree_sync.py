@@ -121,6 +121,52 @@ def test_a_scan_says_once_what_it_passes_over(tmp_path: Path, caplog: pytest.Log
         synced.close()
 
 
+NFD_FILE, NFC_FILE = "cafe\u0301.txt", "caf\u00e9.txt"
+NFD_FOLDER, NFC_FOLDER = "re\u0301sume\u0301", "r\u00e9sum\u00e9"
+
+
+def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Names travel in NFC: a file or folder named in NFD (as macOS writes them)
+    is renamed to its NFC form and synced, never over a name that is taken."""
+    root = tmp_path / "f"
+    write(root / NFD_FILE, "from a mac")
+    write(root / NFD_FOLDER / "cv.txt", "cv")
+    write(root / "nai\u0308ve.txt", "nfd twin")  # its NFC form is taken: both stay as they are
+    write(root / "na\u00efve.txt", "nfc twin")
+    looking = Folder(root, IgnoreRules.tree(), read_only=True)
+    try:
+        assert NFC_FILE not in looking.scan() and (root / NFD_FILE).exists()  # `status` renames nothing
+    finally:
+        looking.close()
+    synced = Folder(root, IgnoreRules.tree(), state=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="p2psync"):
+            found = set(synced.scan())
+        assert found == {NFC_FILE, f"{NFC_FOLDER}/cv.txt", "na\u00efve.txt"}
+        names = set(os.listdir(root))
+        assert {NFC_FILE, NFC_FOLDER, "nai\u0308ve.txt", "na\u00efve.txt"} <= names
+        assert NFD_FILE not in names and NFD_FOLDER not in names
+        assert (root / NFC_FILE).read_text() == "from a mac" and (root / NFC_FOLDER / "cv.txt").read_text() == "cv"
+        assert (root / "nai\u0308ve.txt").read_text() == "nfd twin" and (
+            root / "na\u00efve.txt"
+        ).read_text() == "nfc twin"
+        renamed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("renamed")]
+        assert len(renamed) == 2, renamed
+    finally:
+        synced.close()
+
+
+def test_a_file_named_in_nfd_reaches_the_other_peers_in_nfc(tmp_path: Path, start_tracker, engine) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / NFD_FOLDER / NFD_FILE, "nfd")
+    b.mkdir()
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    engine(b, tracker.port)
+    wait_until(lambda: tree(b) == {f"{NFC_FOLDER}/{NFC_FILE}": b"nfd"}, 20, "the file, named in NFC")
+    assert tree(a) == tree(b)
+
+
 def test_ignore_rules_and_the_defaults(tmp_path: Path, start_tracker, engine) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     write(a / ".p2psyncignore", "*.log\nbuild/\n!keep.log\n")

@@ -28,6 +28,7 @@ import sqlite3
 import stat
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from p2psync._core import link_new_files
 from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.errors import ConfigError, FolderGone, ProtocolError, TransferError, UnsafeName
 from p2psync.ignore import STATE_DIR, IgnoreRules
-from p2psync.paths import MAX_DEPTH, safe_path
+from p2psync.paths import MAX_DEPTH, safe_name, safe_path
 from p2psync.protocol import FileInfo
 from p2psync.protocol.chunks import ChunkList, decode_chunk_list
 from p2psync.records import quick_frozen
@@ -222,6 +223,7 @@ class Folder:
         self._hashes: dict[Key, str] = {row.key: row.sha256 for row in self._rows.values()}
         self._list_ids: dict[str, str] = self.index.list_ids()  # sha256 -> its chunk list's id (large files)
         self._cuts_large = state and not read_only  # the engine's folders cut large files at the scan
+        self._normalizes = state and not read_only  # ... and rename names in another form than NFC to it
         self._last: dict[str, LocalFile] = self._from_rows()  # the previous scan (first: the index's)
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
@@ -412,22 +414,56 @@ class Folder:
             unreadable.append(prefix)
             return
         for entry in entries:
-            path = prefix + entry.name
+            name = entry.name
+            if self._normalizes and not name.isascii():
+                name = self._to_nfc(dir_fd, prefix, entry)
+            path = prefix + name
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if not (self._allowed(path) and self.rules.descends(path)):
                         continue
                     if depth + 1 < MAX_DEPTH:
-                        self._walk_into(dir_fd, entry.name, path, depth + 1, out, unreadable, passed_over)
+                        self._walk_into(dir_fd, name, path, depth + 1, out, unreadable, passed_over)
                     else:
                         passed_over.append((path + "/", "folder too deep"))
                 elif entry.is_file(follow_symlinks=False):
                     if self._allowed(path) and self.rules.syncs(path):
-                        out.append((path, entry.stat(follow_symlinks=False)))
+                        st = entry.stat(follow_symlinks=False) if name == entry.name else None
+                        out.append((path, st or os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))
                 elif self.rules.syncs(path) and self._allowed(path):
                     passed_over.append((path, _special_kind(entry)))
             except OSError:  # vanished since listed
                 continue
+
+    def _to_nfc(self, dir_fd: int, prefix: str, entry: os.DirEntry[str]) -> str:
+        """The name `entry` goes by from now on: its NFC form if it had another
+        and could be renamed to it (names travel in NFC, so a name written in
+        another form, as macOS writes them, could never sync), else its own.
+
+        A file is linked to its new name and then unlinked, so nothing of that
+        name is ever replaced; a folder is renamed, which can only replace an
+        empty one. Said in one log line; a name whose NFC form is taken stays
+        as it is, and the scan's warning names it."""
+        name = entry.name
+        nfc = unicodedata.normalize("NFC", name)
+        if nfc == name:
+            return name
+        try:
+            safe_name(nfc)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not (is_dir or entry.is_file(follow_symlinks=False)):
+                return name  # a symlink or a special file: not synced either way
+            if is_dir:
+                os.rename(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                os.link(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                if _inode(dir_fd, name) == _inode(dir_fd, nfc):  # not saved anew under the old name meanwhile
+                    os.unlink(name, dir_fd=dir_fd)
+        except (OSError, UnsafeName) as exc:
+            log.debug("cannot rename %s%s to its NFC form: %s", prefix, name, exc)
+            return name
+        log.info("renamed %s%s to %s%s: the same name in NFC, the form names travel in", prefix, name, prefix, nfc)
+        return nfc
 
     def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
         """One line for what a scan left out that a user may expect to sync
@@ -1118,3 +1154,8 @@ def _special_kind(entry: os.DirEntry[str]) -> str:
         return "symlink"
     st_mode = entry.stat(follow_symlinks=False).st_mode
     return "FIFO" if stat.S_ISFIFO(st_mode) else "socket" if stat.S_ISSOCK(st_mode) else "device"
+
+
+def _inode(dir_fd: int, name: str) -> tuple[int, int]:
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return st.st_dev, st.st_ino
