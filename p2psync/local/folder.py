@@ -462,7 +462,12 @@ class Folder:
         except (OSError, UnsafeName) as exc:
             log.debug("cannot rename %s%s to its NFC form: %s", prefix, name, exc)
             return name
-        log.info("renamed %s%s to %s%s: the same name in NFC, the form names travel in", prefix, name, prefix, nfc)
+        log.info(
+            "renamed %s%s (%s on disk) to the NFC form of its name, the form names travel in",
+            prefix,
+            nfc,
+            ascii(name),
+        )
         return nfc
 
     def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
