@@ -5,6 +5,7 @@ ignore rules, modes, renames, races, and mixed networks with classic programs.""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -117,6 +118,47 @@ def test_a_scan_says_once_what_it_passes_over(tmp_path: Path, caplog: pytest.Log
             synced.scan()
         said = [r.getMessage() for r in caplog.records if "not syncing" in r.getMessage()]
         assert len(said) == 1 and "1 symlink in" in said[0] and said[0].endswith(": second-link"), said
+    finally:
+        synced.close()
+
+
+def test_a_file_the_scan_cannot_read_is_said_once_and_never_taken_for_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unreadable (permissions, a bad disk) or changing while hashed: a file that
+    synced before keeps its last version and makes no tombstone; one that cannot
+    be read at all gets one warning."""
+    root = tmp_path / "f"
+    write(root / "known.txt", "synced before")
+    write(root / "other.txt", "fine")
+    synced = Folder(root, IgnoreRules.tree(), state=True)
+    try:
+        before = synced.scan()["known.txt"]
+        write(root / "known.txt", "edited, then unreadable")
+        write(root / "locked.txt", "never readable")
+        hash_file = synced._hash
+        unreadable = {"known.txt": errno.EACCES, "locked.txt": errno.EACCES}
+
+        def failing_hash(path: str, key):  # root reads every file: the failure is made here
+            if path in unreadable:
+                raise OSError(unreadable[path], os.strerror(unreadable[path]))
+            return hash_file(path, key)
+
+        synced._hash = failing_hash  # type: ignore[method-assign]
+        with caplog.at_level(logging.INFO, logger="p2psync"):
+            for _ in range(2):
+                found = synced.scan()
+        assert found["known.txt"] == before and "locked.txt" not in found and "other.txt" in found
+        assert synced.own_deletions() == {}
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 2 and all("cannot read" in w and "Permission denied" in w for w in warned), warned
+        caplog.clear()
+        unreadable["known.txt"] = errno.EAGAIN  # changing while hashed: no word, the last version stands
+        with caplog.at_level(logging.INFO, logger="p2psync"):
+            assert synced.scan()["known.txt"] == before
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        del unreadable["known.txt"]
+        assert synced.scan()["known.txt"].sha256 == sha(b"edited, then unreadable")
     finally:
         synced.close()
 

@@ -344,8 +344,10 @@ class Folder:
                 continue
             try:
                 digest = self._hashes.get(file_key(st)) or self._hash(path, file_key(st))
-            except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed: next round
-                log.debug("skipping %s: %s", path, exc)
+            except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed
+                self._cannot_read(path, exc)
+                if old is not None:
+                    found[path] = old  # still here as far as anyone knows: never a deletion; the next scan looks again
                 continue
             row = rows.get(path)
             mode = st.st_mode & MODE_BITS
@@ -469,6 +471,17 @@ class Folder:
             ascii(name),
         )
         return nfc
+
+    def _cannot_read(self, path: str, exc: OSError | UnsafeName) -> None:
+        """A file the scan could not hash: a warning, once, when it cannot be read
+        at all (permissions, a bad disk: the user's to fix); otherwise it changed
+        or went while being read, and the next scan takes it."""
+        if isinstance(exc, OSError) and exc.errno not in _PASSING_ERRNOS:
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("cannot read %s in %s, so it is not synced: %s", path, self.root, exc.strerror or exc)
+        else:
+            log.debug("skipping %s for now: %s", path, exc)
 
     def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
         """One line for what a scan left out that a user may expect to sync
@@ -1150,6 +1163,8 @@ _PLURALS = {
     "device": "devices",
     "folder too deep": "folders too deep",
 }
+# A file that changed or went while it was hashed: the next scan takes it, no word.
+_PASSING_ERRNOS = frozenset({errno.EAGAIN, errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 _PASSED_OVER_SHOWN = 5  # paths named in that line; the rest are counted
 
 
