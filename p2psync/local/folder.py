@@ -31,7 +31,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar
 
 from p2psync._core import link_new_files
@@ -111,6 +111,15 @@ class LocalFile:
 
 
 _Read = TypeVar("_Read")  # what a `read_to_serve` reader returns
+
+
+@dataclass
+class _Walk:
+    """What one walk of the folder found."""
+
+    files: list[tuple[str, os.stat_result]] = field(default_factory=list)  # regular files the rules let through
+    unreadable: list[str] = field(default_factory=list)  # folders that could not be listed: what they hold is not gone
+    passed_over: list[tuple[str, str]] = field(default_factory=list)  # (path, what it is): symlinks, special, too deep
 
 
 class Install(NamedTuple):
@@ -327,17 +336,16 @@ class Folder:
         peer); one that is gone since the last scan becomes a tombstone of this
         peer's. `generation` goes up whenever the result differs from the last one.
         """
-        seen: list[tuple[str, os.stat_result]] = []
-        unreadable: list[str] = []  # folders that could not be listed: what they hold is not gone
-        passed_over: list[tuple[str, str]] = []
-        self._walk(self._dir_fd, "", 0, seen, unreadable, passed_over)
+        walked = _Walk()
+        self._walk(self._dir_fd, "", 0, walked)
         self.check_present()  # after the walk: gone before it or during it, what it missed is not deleted
-        self._say_passed_over(passed_over)
+        self._say_passed_over(walked.passed_over)
+        unreadable = walked.unreadable
         found: dict[str, LocalFile] = {}
         last, rows = self._last, self._rows
         new_rows: list[IndexRow] = []
         now = int(time.time())
-        for path, st in seen:
+        for path, st in walked.files:
             old = last.get(path)
             if old is not None and old.key == file_key(st) and old.mode == st.st_mode & MODE_BITS:
                 found[path] = old
@@ -400,20 +408,12 @@ class Folder:
         if (rows or gone or back or ignored) and not self.read_only:
             self.index.update(rows, gone + ignored, tombstones, back)
 
-    def _walk(
-        self,
-        dir_fd: int,
-        prefix: str,
-        depth: int,
-        out: list[tuple[str, os.stat_result]],
-        unreadable: list[str],
-        passed_over: list[tuple[str, str]],
-    ) -> None:
+    def _walk(self, dir_fd: int, prefix: str, depth: int, walked: _Walk) -> None:
         try:
             entries = list(os.scandir(dir_fd))
         except OSError as exc:
             log.warning("cannot read the folder %s: %s", os.path.join(self.root, prefix), exc)
-            unreadable.append(prefix)
+            walked.unreadable.append(prefix)
             return
         for entry in entries:
             name = entry.name
@@ -425,15 +425,15 @@ class Folder:
                     if not (self._allowed(path) and self.rules.descends(path)):
                         continue
                     if depth + 1 < MAX_DEPTH:
-                        self._walk_into(dir_fd, name, path, depth + 1, out, unreadable, passed_over)
+                        self._walk_into(dir_fd, name, path, depth + 1, walked)
                     else:
-                        passed_over.append((path + "/", "folder too deep"))
+                        walked.passed_over.append((path + "/", "folder too deep"))
                 elif entry.is_file(follow_symlinks=False):
                     if self._allowed(path) and self.rules.syncs(path):
                         st = entry.stat(follow_symlinks=False) if name == entry.name else None
-                        out.append((path, st or os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))
+                        walked.files.append((path, st or os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))
                 elif self.rules.syncs(path) and self._allowed(path):
-                    passed_over.append((path, _special_kind(entry)))
+                    walked.passed_over.append((path, _special_kind(entry)))
             except OSError:  # vanished since listed
                 continue
 
@@ -499,16 +499,7 @@ class Folder:
         )
         log.info("not syncing %s in %s (%s): %s%s", counted, self.root, rule, shown, more)
 
-    def _walk_into(
-        self,
-        dir_fd: int,
-        name: str,
-        path: str,
-        depth: int,
-        out: list[tuple[str, os.stat_result]],
-        unreadable: list[str],
-        passed_over: list[tuple[str, str]],
-    ) -> None:
+    def _walk_into(self, dir_fd: int, name: str, path: str, depth: int, walked: _Walk) -> None:
         try:
             sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -516,10 +507,10 @@ class Folder:
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # a symlink now: not followed, and not gone
                 log.warning("cannot read the folder %s: %s", os.path.join(self.root, path), exc)
-            unreadable.append(path + "/")
+            walked.unreadable.append(path + "/")
             return
         try:
-            self._walk(sub, path + "/", depth, out, unreadable, passed_over)
+            self._walk(sub, path + "/", depth, walked)
         finally:
             os.close(sub)
 
