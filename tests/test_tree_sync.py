@@ -175,12 +175,14 @@ def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog
     write(root / NFD_FOLDER / "cv.txt", "cv")
     write(root / "nai\u0308ve.txt", "nfd twin")  # its NFC form is taken: both stay as they are
     write(root / "na\u00efve.txt", "nfc twin")
+    write(root / "build" / NFD_FILE, "ignored")  # left as it is: the rules leave it out
+    write(root / "ignored-e\u0301.log", "ignored")
     looking = Folder(root, IgnoreRules.tree(), read_only=True)
     try:
         assert NFC_FILE not in looking.scan() and (root / NFD_FILE).exists()  # `status` renames nothing
     finally:
         looking.close()
-    synced = Folder(root, IgnoreRules.tree(), state=True)
+    synced = Folder(root, IgnoreRules.tree(["build/", "*.log"]), state=True)
     try:
         with caplog.at_level(logging.INFO, logger="p2psync"):
             found = set(synced.scan())
@@ -188,6 +190,7 @@ def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog
         names = set(os.listdir(root))
         assert {NFC_FILE, NFC_FOLDER, "nai\u0308ve.txt", "na\u00efve.txt"} <= names
         assert NFD_FILE not in names and NFD_FOLDER not in names
+        assert os.listdir(root / "build") == [NFD_FILE] and "ignored-e\u0301.log" in names
         assert (root / NFC_FILE).read_text() == "from a mac" and (root / NFC_FOLDER / "cv.txt").read_text() == "cv"
         assert (root / "nai\u0308ve.txt").read_text() == "nfd twin" and (
             root / "na\u00efve.txt"

@@ -440,7 +440,8 @@ class Folder:
     def _to_nfc(self, dir_fd: int, prefix: str, entry: os.DirEntry[str]) -> str:
         """The name `entry` goes by from now on: its NFC form if it had another
         and could be renamed to it (names travel in NFC, so a name written in
-        another form, as macOS writes them, could never sync), else its own.
+        another form, as macOS writes them, could never sync), else its own (also
+        when the rules leave it out: what they leave out is not touched).
 
         A file is linked to its new name and then unlinked, so nothing of that
         name is ever replaced; a folder is renamed, which can only replace an
@@ -455,6 +456,8 @@ class Folder:
             is_dir = entry.is_dir(follow_symlinks=False)
             if not (is_dir or entry.is_file(follow_symlinks=False)):
                 return name  # a symlink or a special file: not synced either way
+            if not (self.rules.descends(prefix + nfc) if is_dir else self.rules.syncs(prefix + nfc)):
+                return name  # what the rules leave out is left as it is
             if is_dir:
                 os.rename(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             else:
