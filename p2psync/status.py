@@ -16,6 +16,7 @@ Document (version 1):
      "behind":     [{"path", "from", "why"}],       the network has something newer (from: HOST:PORT, or "")
      "only_local": [{"path", "why"}],               here, not (yet) on the other peers
      "conflicts":  [str],                           conflict copies in the folder
+     "not_synced": [{"path", "why"}],               here, but never synced: symlinks, unsafe names, unreadable
      "held_back":  int,                             deletions the brake is holding back
      "trash":      [str],                           what is in .p2psync/trash/
      "last_round": {"time": float, "in_sync": bool, "held_back": int,
@@ -81,6 +82,7 @@ def folder_status(
     folder = Folder(root, rules, state=True, read_only=True)
     try:
         local = folder.scan()
+        not_synced = [{"path": path, "why": why} for path, why in folder.not_synced]
         bases = {path: folder.base(path) for path in local}
         last = read_outcome(folder.read_note(NOTE))
         trash = folder.trash_paths()
@@ -100,6 +102,7 @@ def folder_status(
         "behind": behind,
         "only_local": only_local,
         "conflicts": sorted(p for p in local if is_conflict_copy(p)),
+        "not_synced": not_synced,
         "held_back": held_back,
         "trash": trash,
         "last_round": last,
@@ -209,6 +212,7 @@ def schema_keys() -> Sequence[str]:
         "behind",
         "only_local",
         "conflicts",
+        "not_synced",
         "held_back",
         "trash",
         "last_round",

@@ -5,6 +5,7 @@ against real trackers and peers on loopback, on both backends, in each state
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -179,6 +180,26 @@ def test_status_lists_conflict_copies_and_the_trash(cli, tmp_path: Path) -> None
     table = cli("status", str(folder))
     assert "Conflict copies: 1" in table.stdout and "old/notes.txt" in table.stdout
     assert "Trash (.p2psync/trash/): 1\n" in table.stdout  # a heading on one line, however narrow the table
+
+
+def test_status_lists_what_the_folder_holds_but_never_syncs(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    write(folder / "ok.txt", "synced")
+    write(folder / "trailing. ", "an unsafe name")
+    write(folder / "ignored.log", "left out on purpose: not listed")
+    write(folder / ".p2psyncignore", "*.log\n")
+    (folder / "sub").mkdir()
+    os.symlink(tmp_path, folder / "sub" / "outside")
+    os.mkfifo(folder / "pipe")
+    _, doc = status(cli, folder)
+    assert doc["not_synced"] == [
+        {"path": "pipe", "why": "a FIFO: only regular files sync"},
+        {"path": "sub/outside", "why": "a symlink: never followed or synced"},
+        {"path": "trailing. ", "why": "file name 'trailing. ' ends with a dot or space"},
+    ]
+    table = cli("status", str(folder))
+    assert "Not synced: 3\n" in table.stdout and "sub/outside" in table.stdout
+    assert table.stderr == ""  # said in the table, not again as warnings
 
 
 def test_status_errors_exit_2(cli, tmp_path: Path) -> None:

@@ -150,6 +150,10 @@ def test_a_file_the_scan_cannot_read_is_said_once_and_never_taken_for_deleted(
                 found = synced.scan()
         assert found["known.txt"] == before and "locked.txt" not in found and "other.txt" in found
         assert synced.own_deletions() == {}
+        assert synced.not_synced == [
+            ("known.txt", "cannot be read: Permission denied"),
+            ("locked.txt", "cannot be read: Permission denied"),
+        ]
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warned) == 2 and all("cannot read" in w and "Permission denied" in w for w in warned), warned
         caplog.clear()

@@ -120,6 +120,13 @@ class _Walk:
     files: list[tuple[str, os.stat_result]] = field(default_factory=list)  # regular files the rules let through
     unreadable: list[str] = field(default_factory=list)  # folders that could not be listed: what they hold is not gone
     passed_over: list[tuple[str, str]] = field(default_factory=list)  # (path, what it is): symlinks, special, too deep
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): unsafe names, unreadable files
+
+    def not_synced(self) -> list[tuple[str, str]]:
+        """(path, why) of everything here the rules would sync but the scan could not."""
+        left = [(path, _PASSED_OVER_WHY[kind]) for path, kind in self.passed_over]
+        left += [(path, "cannot be listed") for path in self.unreadable if path]
+        return sorted(left + self.refused)
 
 
 class Install(NamedTuple):
@@ -236,6 +243,7 @@ class Folder:
         self._last: dict[str, LocalFile] = self._from_rows()  # the previous scan (first: the index's)
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
+        self.not_synced: list[tuple[str, str]] = []  # (path, why), as the last scan found them
         # Whether downloads can start as anonymous files here: None until tried.
         self._anonymous_ok: bool | None = None if O_TMPFILE else False
 
@@ -353,7 +361,8 @@ class Folder:
             try:
                 digest = self._hashes.get(file_key(st)) or self._hash(path, file_key(st))
             except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed
-                self._cannot_read(path, exc)
+                if self._cannot_read(path, exc):
+                    walked.refused.append((path, f"cannot be read: {getattr(exc, 'strerror', None) or exc}"))
                 if old is not None:
                     found[path] = old  # still here as far as anyone knows: never a deletion; the next scan looks again
                 continue
@@ -379,6 +388,7 @@ class Folder:
             with self._lock:  # forget hashes of files that are gone, so the cache stays bounded
                 self._hashes = {k: v for k, v in self._hashes.items() if k in keys}
         self._last = found
+        self.not_synced = walked.not_synced()
         return found
 
     def _from_rows(self) -> dict[str, LocalFile]:
@@ -412,7 +422,9 @@ class Folder:
         try:
             entries = list(os.scandir(dir_fd))
         except OSError as exc:
-            log.warning("cannot read the folder %s: %s", os.path.join(self.root, prefix), exc)
+            self._say_once(
+                prefix, logging.WARNING, "cannot read the folder %s: %s", os.path.join(self.root, prefix), exc
+            )
             walked.unreadable.append(prefix)
             return
         for entry in entries:
@@ -422,17 +434,17 @@ class Folder:
             path = prefix + name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if not (self._allowed(path) and self.rules.descends(path)):
+                    if not (self._allowed(path, walked) and self.rules.descends(path)):
                         continue
                     if depth + 1 < MAX_DEPTH:
                         self._walk_into(dir_fd, name, path, depth + 1, walked)
                     else:
                         walked.passed_over.append((path + "/", "folder too deep"))
                 elif entry.is_file(follow_symlinks=False):
-                    if self._allowed(path) and self.rules.syncs(path):
+                    if self._allowed(path, walked) and self.rules.syncs(path):
                         st = entry.stat(follow_symlinks=False) if name == entry.name else None
                         walked.files.append((path, st or os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))
-                elif self.rules.syncs(path) and self._allowed(path):
+                elif self.rules.syncs(path) and self._allowed(path, walked):
                     walked.passed_over.append((path, _special_kind(entry)))
             except OSError:  # vanished since listed
                 continue
@@ -475,22 +487,24 @@ class Folder:
         )
         return nfc
 
-    def _cannot_read(self, path: str, exc: OSError | UnsafeName) -> None:
+    def _cannot_read(self, path: str, exc: OSError | UnsafeName) -> bool:
         """A file the scan could not hash: a warning, once, when it cannot be read
-        at all (permissions, a bad disk: the user's to fix); otherwise it changed
-        or went while being read, and the next scan takes it."""
+        at all (permissions, a bad disk: the user's to fix; True); otherwise it
+        changed or went while being read, and the next scan takes it (False)."""
         if isinstance(exc, OSError) and exc.errno not in _PASSING_ERRNOS:
-            if path not in self._warned:
-                self._warned.add(path)
-                log.warning("cannot read %s in %s, so it is not synced: %s", path, self.root, exc.strerror or exc)
-        else:
-            log.debug("skipping %s for now: %s", path, exc)
+            reason = exc.strerror or exc
+            self._say_once(
+                path, logging.WARNING, "cannot read %s in %s, so it is not synced: %s", path, self.root, reason
+            )
+            return True
+        log.debug("skipping %s for now: %s", path, exc)
+        return False
 
     def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
         """One line for what a scan left out that a user may expect to sync
         (symlinks, special files, folders too deep), each path said once."""
         new = [(path, kind) for path, kind in passed_over if path not in self._warned]
-        if not new:
+        if not new or self.read_only:  # `status` shows them in a table of their own
             return
         self._warned.update(path for path, _ in new)
         kinds = Counter(kind for _, kind in new)
@@ -509,7 +523,8 @@ class Folder:
             return  # removed since listed
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # a symlink now: not followed, and not gone
-                log.warning("cannot read the folder %s: %s", os.path.join(self.root, path), exc)
+                where = os.path.join(self.root, path)
+                self._say_once(path + "/", logging.WARNING, "cannot read the folder %s: %s", where, exc)
             walked.unreadable.append(path + "/")
             return
         try:
@@ -517,13 +532,20 @@ class Folder:
         finally:
             os.close(sub)
 
-    def _allowed(self, path: str) -> bool:
+    def _say_once(self, key: str, level: int, message: str, *args: object) -> None:
+        """Log `message` the first time `key` comes up in this folder; never for a
+        read-only look (`status` shows what scans leave out as a table instead)."""
+        if self.read_only or key in self._warned:
+            return
+        self._warned.add(key)
+        log.log(level, message, *args)
+
+    def _allowed(self, path: str, walked: _Walk) -> bool:
         try:
             safe_path(path)
         except UnsafeName as exc:
-            if path not in self._warned:
-                self._warned.add(path)
-                log.warning("not syncing in %s: %s", self.root, exc)
+            walked.refused.append((path, str(exc)))
+            self._say_once(path, logging.WARNING, "not syncing in %s: %s", self.root, exc)
             return False
         return True
 
@@ -759,9 +781,7 @@ class Folder:
                 os.close(out)
             os.replace(part, name, src_dir_fd=fd, dst_dir_fd=fd)
         except OSError as exc:
-            if name not in self._warned:
-                self._warned.add(name)
-                log.warning("cannot write %s/%s: %s", STATE_DIR, name, exc)
+            self._say_once(name, logging.WARNING, "cannot write %s/%s: %s", STATE_DIR, name, exc)
         finally:
             os.close(fd)
 
@@ -1159,6 +1179,13 @@ _PLURALS = {
 }
 # A file that changed or went while it was hashed: the next scan takes it, no word.
 _PASSING_ERRNOS = frozenset({errno.EAGAIN, errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+_PASSED_OVER_WHY = {
+    "symlink": "a symlink: never followed or synced",
+    "FIFO": "a FIFO: only regular files sync",
+    "socket": "a socket: only regular files sync",
+    "device": "a device: only regular files sync",
+    "folder too deep": f"a folder more than {MAX_DEPTH} deep",
+}
 _PASSED_OVER_SHOWN = 5  # paths named in that line; the rest are counted
 
 

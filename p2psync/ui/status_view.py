@@ -29,6 +29,7 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
     _table(console, "Behind", ("path", "from", "why"), [(b["path"], b["from"], b["why"]) for b in doc["behind"]])
     _table(console, "Only here", ("path", "why"), [(b["path"], b["why"]) for b in doc["only_local"]])
     _table(console, "Conflict copies", ("path",), [(p,) for p in doc["conflicts"]])
+    _table(console, "Not synced", ("path", "why"), [(n["path"], n["why"]) for n in doc["not_synced"]])
     if doc["held_back"]:
         console.print(
             f"[yellow]the brake holds back {_count(doc['held_back'], 'deletion')}[/]: "
