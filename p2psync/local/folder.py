@@ -474,7 +474,8 @@ class Folder:
                 os.rename(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             else:
                 os.link(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                if _inode(dir_fd, name) == _inode(dir_fd, nfc):  # not saved anew under the old name meanwhile
+                old, new = (_identity(os.stat(n, dir_fd=dir_fd, follow_symlinks=False)) for n in (name, nfc))
+                if old == new:  # not saved anew under the old name meanwhile
                     os.unlink(name, dir_fd=dir_fd)
         except (OSError, UnsafeName) as exc:
             log.debug("cannot rename %s%s to its NFC form: %s", prefix, name, exc)
@@ -1195,8 +1196,3 @@ def _special_kind(entry: os.DirEntry[str]) -> str:
         return "symlink"
     st_mode = entry.stat(follow_symlinks=False).st_mode
     return "FIFO" if stat.S_ISFIFO(st_mode) else "socket" if stat.S_ISSOCK(st_mode) else "device"
-
-
-def _inode(dir_fd: int, name: str) -> tuple[int, int]:
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    return st.st_dev, st.st_ino
