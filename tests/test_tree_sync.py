@@ -180,6 +180,8 @@ def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog
     write(root / "nai\u0308ve.txt", "nfd twin")  # its NFC form is taken: both stay as they are
     write(root / "na\u00efve.txt", "nfc twin")
     write(root / "build" / NFD_FILE, "ignored")  # left as it is: the rules leave it out
+    write(root / "interrupted-e\u0301.txt", "a rename cut off by a kill -9")
+    os.link(root / "interrupted-e\u0301.txt", root / "interrupted-\u00e9.txt")  # linked, not yet unlinked
     write(root / "ignored-e\u0301.log", "ignored")
     looking = Folder(root, IgnoreRules.tree(), read_only=True)
     try:
@@ -190,7 +192,8 @@ def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog
     try:
         with caplog.at_level(logging.INFO, logger="p2psync"):
             found = set(synced.scan())
-        assert found == {NFC_FILE, f"{NFC_FOLDER}/cv.txt", "na\u00efve.txt"}
+        assert found == {NFC_FILE, f"{NFC_FOLDER}/cv.txt", "na\u00efve.txt", "interrupted-\u00e9.txt"}
+        assert "interrupted-e\u0301.txt" not in os.listdir(root)  # the interrupted rename is finished
         names = set(os.listdir(root))
         assert {NFC_FILE, NFC_FOLDER, "nai\u0308ve.txt", "na\u00efve.txt"} <= names
         assert NFD_FILE not in names and NFD_FOLDER not in names
@@ -200,7 +203,7 @@ def test_names_in_another_form_than_nfc_are_renamed_to_it(tmp_path: Path, caplog
             root / "na\u00efve.txt"
         ).read_text() == "nfc twin"
         renamed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("renamed")]
-        assert len(renamed) == 2, renamed
+        assert len(renamed) == 3, renamed
     finally:
         synced.close()
 

@@ -456,8 +456,9 @@ class Folder:
         when the rules leave it out: what they leave out is not touched).
 
         A file is linked to its new name and then unlinked, so nothing of that
-        name is ever replaced; a folder is renamed, which can only replace an
-        empty one. Said in one log line; a name whose NFC form is taken stays
+        name is ever replaced (a kill -9 between the two leaves two names of one
+        file, and the next scan finishes the rename); a folder is renamed, which
+        can only replace an empty one. Said in one log line; a name whose NFC form is taken stays
         as it is, and the scan's warning names it."""
         name = entry.name
         nfc = unicodedata.normalize("NFC", name)
@@ -473,10 +474,12 @@ class Folder:
             if is_dir:
                 os.rename(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             else:
-                os.link(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                with contextlib.suppress(FileExistsError):  # taken: by this file itself if a kill -9 came in between
+                    os.link(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
                 old, new = (_identity(os.stat(n, dir_fd=dir_fd, follow_symlinks=False)) for n in (name, nfc))
-                if old == new:  # not saved anew under the old name meanwhile
-                    os.unlink(name, dir_fd=dir_fd)
+                if old != new:  # the NFC name is another file's, or this one was saved anew meanwhile
+                    raise FileExistsError(errno.EEXIST, f"{nfc!r} is another file")
+                os.unlink(name, dir_fd=dir_fd)
         except (OSError, UnsafeName) as exc:
             log.debug("cannot rename %s%s to its NFC form: %s", prefix, name, exc)
             return name
