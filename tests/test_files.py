@@ -272,6 +272,14 @@ def test_a_conflict_copy_never_replaces_another(folder: Folder, tmp_path: Path) 
     assert not (dst / "d/f.txt").exists()
 
 
+def test_a_conflict_copy_cut_off_by_a_kill_is_finished_not_made_twice(folder: Folder, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    (dst / "f.txt").write_text("the losing edit")
+    os.link(dst / "f.txt", dst / "f.conflict-0")  # linked aside, then killed before the unlink
+    assert folder.keep_aside("f.txt", lambda n: f"f.conflict-{n}") == "f.conflict-0"
+    assert _names(dst) == ["f.conflict-0"] and (dst / "f.conflict-0").read_text() == "the losing edit"
+
+
 def test_space_reserved_for_a_kept_partial_leaves_its_size_at_what_was_written(tmp_path: Path) -> None:
     path = tmp_path / "x.partial"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -476,8 +476,7 @@ class Folder:
             else:
                 with contextlib.suppress(FileExistsError):  # taken: by this file itself if a kill -9 came in between
                     os.link(name, nfc, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                old, new = (_identity(os.stat(n, dir_fd=dir_fd, follow_symlinks=False)) for n in (name, nfc))
-                if old != new:  # the NFC name is another file's, or this one was saved anew meanwhile
+                if not _same_file(dir_fd, name, dir_fd, nfc):  # another file's, or this one saved anew meanwhile
                     raise FileExistsError(errno.EEXIST, f"{nfc!r} is another file")
                 os.unlink(name, dir_fd=dir_fd)
         except (OSError, UnsafeName) as exc:
@@ -874,7 +873,9 @@ class Folder:
                     try:
                         os.link(leaf, to, src_dir_fd=dir_fd, dst_dir_fd=to_fd, follow_symlinks=False)
                     except FileExistsError:
-                        continue
+                        if not _same_file(dir_fd, leaf, to_fd, to):
+                            continue
+                        # This very file: a kill -9 came between the link and the unlink. Finish.
                     os.unlink(leaf, dir_fd=dir_fd)  # a rename that cannot replace: link, then unlink
                 self._forget(path, None)
                 return name
@@ -1171,6 +1172,12 @@ def _symlink_refused(name: str, exc: OSError) -> Exception:
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
+
+
+def _same_file(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
+    """Whether two names are links of one file (neither followed if a symlink)."""
+    a, b = (os.stat(n, dir_fd=d, follow_symlinks=False) for d, n in ((dir_a, name_a), (dir_b, name_b)))
+    return _identity(a) == _identity(b)
 
 
 # What a scan passes over, as its one log line names it.
