@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_PATTERNS", "IGNORE_FILE", "STATE_DIR", "IgnoreRules"]
 
 STATE_DIR = ".p2psync"  # the folder's private state: never scanned, served or a wire name
 IGNORE_FILE = ".p2psyncignore"  # the folder's own patterns; stays local, never synced
-DEFAULT_PATTERNS = (f"/{STATE_DIR}/", f"/{IGNORE_FILE}", "*.part", "*.swp", "*~", ".#*", ".DS_Store", "Thumbs.db")
+DEFAULT_PATTERNS = (f"{STATE_DIR}/", f"/{IGNORE_FILE}", "*.part", "*.swp", "*~", ".#*", ".DS_Store", "Thumbs.db")
 _LITTER_SUFFIXES = (PART_SUFFIX, ".swp", "~")
 _LITTER_NAMES = (".DS_Store", "Thumbs.db")
 _CLASSIC_LEFT_OUT = (*CLASSIC_IGNORED_SUFFIXES, PART_SUFFIX)
@@ -110,8 +110,7 @@ class IgnoreRules:
             if path.endswith(_CLASSIC_LEFT_OUT):
                 return "never synced by the classic rule (*.py, *.so, *.dll, *.part)"
             return None
-        top, _, _ = path.partition("/")
-        if top == STATE_DIR or path == IGNORE_FILE:
+        if path == IGNORE_FILE or _in_state_dir(path):
             return "p2psync's own state"
         name = path.rpartition("/")[2]
         if name.endswith(_LITTER_SUFFIXES) or name.startswith(".#") or name in _LITTER_NAMES:
@@ -124,6 +123,16 @@ class IgnoreRules:
         """Whether a scan looks inside the subfolder at relative `folder`."""
         if self.classic:
             return False
-        if folder == STATE_DIR:
+        if _in_state_dir(folder):
             return False
         return self._spec is None or not self._spec.match_file(folder + "/")
+
+
+_STATE_COMPONENT = f"/{STATE_DIR}/"
+
+
+def _in_state_dir(path: str) -> bool:
+    """Whether `path` lies in a `.p2psync` folder: this folder's own, or that of a
+    sync folder nested inside it, whose state (its peer id, index and trash) is
+    as private to it as this one's is."""
+    return _STATE_COMPONENT in f"/{path}/"

@@ -232,6 +232,27 @@ def test_ignore_rules_and_the_defaults(tmp_path: Path, start_tracker, engine) ->
     assert set(tree(b)) == {"keep.log", "src/main.py", "ok.txt"}  # the ignore file itself stays local
 
 
+def test_a_sync_folder_nested_in_another_keeps_its_state_to_itself(tmp_path: Path, start_tracker, engine) -> None:
+    """A folder synced on its own inside a synced folder: its files sync with the
+    outer one, its `.p2psync` (peer id, index, trash) never does."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "inner/notes.txt", "inner file")
+    write(a / "inner/.p2psync/trash/old.txt", "the inner folder's trash")
+    Folder(a / "inner", IgnoreRules.tree(), state=True).close()  # its peer id and index, as its own sync leaves them
+    assert (a / "inner" / STATE_DIR / "index.sqlite3").exists()
+    b.mkdir()
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    engine(b, tracker.port)
+    wait_until(lambda: "inner/notes.txt" in tree(b), 20, "the inner folder's file")
+    assert set(tracker.directory.entries()) == {"inner/notes.txt"}
+    assert set(tree(b)) == {"inner/notes.txt"}
+    rules = IgnoreRules.tree()
+    assert rules.why_not("inner/.p2psync/peer-id") == "p2psync's own state"
+    assert not rules.descends("inner/.p2psync") and rules.descends("inner/.p2psync-not")
+    assert rules.syncs("inner/x.p2psync/f") and rules.syncs(".p2psync-notes/f")
+
+
 # ------------------------------------------------------------------ deletions
 
 
