@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -21,7 +22,7 @@ import pytest
 from p2psync.config import DeleteLimit
 from p2psync.errors import FolderGone
 from p2psync.ignore import IgnoreRules
-from p2psync.local import STATE_DIR, TRASH_DIR, Folder
+from p2psync.local import STATE_DIR, TRASH_DIR, Folder, Index
 from p2psync.paths import MAX_DEPTH
 from p2psync.protocol import DirectoryEntry
 
@@ -339,6 +340,51 @@ def test_a_conflict_made_apart_keeps_both_versions_everywhere(tmp_path: Path, st
     (copy,) = [p for p in files if p != "doc/plan.txt"]
     assert copy.startswith("doc/plan.sync-conflict-20231114-") and copy.endswith(f"-{pa.folder.peer_id}.txt")
     assert files[copy] == b"a's edit"
+
+
+def test_a_folder_copied_with_its_state_becomes_a_peer_of_its_own(
+    tmp_path: Path, start_tracker, engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`cp -a` of a synced folder, .p2psync and all (seeding another machine):
+    the copy gets a peer id of its own (ids name conflict copies and sign
+    version vectors), and edits made apart on the two are a conflict with both
+    versions kept. Moved, a folder stays the peer it was."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "plan.txt", "base", 1_700_000_000)
+    tracker = start_tracker()
+    pa = engine(a, tracker.port)
+    wait_until(lambda: pa.folder.base("plan.txt") is not None, 20, "a to agree with the network")
+    original = pa.folder.peer_id
+    pa.exit()
+    shutil.copytree(a, b, symlinks=True)
+    write(a / "plan.txt", "a's edit", 1_700_000_100)
+    write(b / "plan.txt", "b's edit, newer", 1_700_000_200)
+    with caplog.at_level(logging.INFO, logger="p2psync"):
+        pa, pb = engine(a, tracker.port), engine(b, tracker.port)
+    assert pa.folder.peer_id == original and pb.folder.peer_id != original
+    assert any("was copied from another folder" in r.getMessage() for r in caplog.records)
+    wait_until(lambda: len(tree(a)) == 2 and converged(a, b)(), 30, "both versions on both peers")
+    files = tree(a)
+    assert files["plan.txt"] == b"b's edit, newer"
+    (copy,) = [p for p in files if p != "plan.txt"]
+    assert files[copy] == b"a's edit" and copy.endswith(f"-{original}.txt")
+    pa.exit()
+    pb.exit()
+    moved = tmp_path / "moved"
+    os.rename(b, moved)
+    assert engine(moved, tracker.port).folder.peer_id == pb.folder.peer_id
+
+
+def test_an_index_keeps_its_peer_id_unless_it_was_made_somewhere_else() -> None:
+    index = Index(None)
+    first = index.peer_id()
+    assert not index.settle_place(100, "laptop", "/home/me/docs")  # first start: noted
+    assert not index.settle_place(200, "laptop", "/home/me/docs") and index.peer_id() == first  # remounted, restored
+    assert not index.settle_place(200, "laptop", "/home/me/moved") and index.peer_id() == first  # moved (same inode)
+    assert index.settle_place(300, "desktop", "/home/me/moved")  # copied to another machine
+    assert index.peer_id() != first
+    assert not index.settle_place(300, "desktop", "/home/me/moved")
+    index.close()
 
 
 def test_the_same_bytes_on_both_sides_are_no_conflict(tmp_path: Path, start_tracker, engine) -> None:

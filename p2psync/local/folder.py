@@ -232,6 +232,8 @@ class Folder:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
             raise
+        if self._marker is not None:
+            self._settle_place(self._marker)
         self.peer_id = self.index.peer_id()
         self._rows: dict[str, IndexRow] = self.index.rows()
         self._own_deletions: dict[str, Deletion] = self.index.tombstones()
@@ -390,6 +392,20 @@ class Folder:
         self._last = found
         self.not_synced = walked.not_synced()
         return found
+
+    def _settle_place(self, marker: tuple[int, int]) -> None:
+        """A state folder copied from another folder (`Index.settle_place`: another
+        inode, and another machine or path) gets a peer id of its own, said in one line."""
+        was = self.index.peer_id()
+        if self.index.settle_place(marker[1], os.uname().nodename, self.root):
+            log.info(
+                "%s: its %s was copied from another folder (or restored): this folder is peer %s now, not %s, "
+                "so its edits are never taken for the original's",
+                self.root,
+                STATE_DIR,
+                self.index.peer_id(),
+                was,
+            )
 
     def _from_rows(self) -> dict[str, LocalFile]:
         """The first scan's "last scan": the index, so a restart rehashes nothing."""

@@ -171,6 +171,27 @@ class Index:
                 self._db.execute("INSERT INTO meta VALUES ('peer-id', ?)", (new,))
             return new
 
+    def settle_place(self, inode: int, host: str, path: str) -> bool:
+        """Note where this index lives: its state folder's inode, the machine and
+        the folder's path. When it was made somewhere else (copied with its
+        folder: `cp -a`, a disk seeded for another machine), forget its peer id,
+        so that `peer_id` makes a new one and the two copies never sign edits as
+        one peer. Somewhere else: another inode, and another machine or path (a
+        new inode alone is a restore in place or a remount that numbers anew).
+        Whether it was made elsewhere."""
+        place = f"{inode}\n{host}\n{path}"
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key='place'").fetchone()
+            if found is not None and found[0] == place:
+                return False
+            was_inode, _, was_where = str(found[0]).partition("\n") if found is not None else ("", "", "")
+            copied = found is not None and was_inode != str(inode) and was_where != f"{host}\n{path}"
+            with contextlib.suppress(sqlite3.OperationalError), self._db:  # a read-only index keeps it to itself
+                if copied:
+                    self._db.execute("DELETE FROM meta WHERE key='peer-id'")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('place', ?)", (place,))
+            return copied
+
     # ------------------------------------------------------------ files
 
     def rows(self) -> dict[str, IndexRow]:
