@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2psync.sync import (
+    MAX_VECTOR,
     Action,
     Deletion,
     Version,
@@ -81,6 +82,22 @@ def test_bump_only_grows() -> None:
     assert covers(again, first) and not covers(first, again)
     both = bump(again, "Q", 100)
     assert covers(both, again) and dict(both) == {"P": 101, "Q": 100}
+
+
+@given(st.lists(st.tuples(st.integers(0, 99), st.integers(0, 3)), min_size=1, max_size=300))
+def test_a_vector_never_outgrows_what_receivers_take(edits: list[tuple[int, int]]) -> None:
+    """However many peers edit a file in turn, its vector stays within MAX_VECTOR,
+    keeps the peer that made the latest edit, and each edit still covers the one
+    before it until the vector is full (past that, at worst a conflict copy)."""
+    vector: tuple[tuple[str, int], ...] = ()
+    for step, (peer, skew) in enumerate(edits):
+        before = vector
+        vector = bump(vector, f"p{peer}", 1_000 + step - skew)
+        assert len(vector) <= MAX_VECTOR and f"p{peer}" in dict(vector)
+        assert dict(vector)[f"p{peer}"] > dict(before).get(f"p{peer}", 0)
+        if len(before) < MAX_VECTOR:
+            assert covers(vector, before)
+    assert len(merge(vector, tuple((f"q{i}", i) for i in range(MAX_VECTOR)))) <= MAX_VECTOR
 
 
 def test_classic_versions_follow_the_classic_rule() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from p2psync.errors import ProtocolError
 from p2psync.records import quick_frozen
-from p2psync.sync.versions import Deletion, Vector, Version
+from p2psync.sync.versions import MAX_VECTOR, Deletion, Vector, Version
 
 from .common import _SHA256_HEX, _shown
 
@@ -30,7 +30,6 @@ FEATURES = ("tree", "deleted", "wait", "delta")
 EXTENDED_MARK = "p2psync"  # the key of an extended reply: never a classic entry (its value is a number)
 _PEER_ID = re.compile(r"^[0-9A-Za-z]{1,16}$")
 _GENERATION = re.compile(r"^[0-9A-Za-z.:_-]{1,64}$")  # opaque to peers: a tracker's epoch and counter
-MAX_VECTOR = 64  # peers in one version vector: one per peer that ever changed the file
 MAX_DELETIONS_PER_PATH = 8  # deletions of different versions of one path the tracker lists
 
 

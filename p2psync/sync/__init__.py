@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .conflicts import conflict_name, is_conflict_copy
 from .plan import Action, clashes, decide, plan
-from .versions import Deletion, Vector, Version, bump, covers, merge, pick
+from .versions import MAX_VECTOR, Deletion, Vector, Version, bump, covers, merge, pick
 
 __all__ = [
+    "MAX_VECTOR",
     "Action",
     "Deletion",
     "Vector",

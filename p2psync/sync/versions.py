@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from p2psync.records import quick_frozen
 
-__all__ = ["Deletion", "Vector", "Version", "bump", "covers", "merge", "newest", "order_key", "pick"]
+__all__ = ["MAX_VECTOR", "Deletion", "Vector", "Version", "bump", "covers", "merge", "newest", "order_key", "pick"]
 
 Vector = tuple[tuple[str, int], ...]  # sorted (peer id, counter) pairs
+MAX_VECTOR = 64  # peers in one vector; receivers refuse longer ones, so none is ever made
 
 
 def bump(vector: Vector, peer_id: str, now: int) -> Vector:
@@ -27,7 +28,7 @@ def bump(vector: Vector, peer_id: str, now: int) -> Vector:
     taken for an older version of itself)."""
     counters = dict(vector)
     counters[peer_id] = max(counters.get(peer_id, 0) + 1, now)
-    return tuple(sorted(counters.items()))
+    return _bounded(counters, keep=peer_id)
 
 
 def merge(a: Vector, b: Vector) -> Vector:
@@ -36,6 +37,18 @@ def merge(a: Vector, b: Vector) -> Vector:
     counters = dict(a)
     for peer, n in b:
         counters[peer] = max(counters.get(peer, 0), n)
+    return _bounded(counters)
+
+
+def _bounded(counters: dict[str, int], keep: str = "") -> Vector:
+    """The vector of `counters`, at most `MAX_VECTOR` long: past that, the peers
+    with the oldest counters are dropped. A version missing one of them no
+    longer covers a version that has it, so the worst that can come of it is a
+    conflict copy kept where none was needed, never a version lost; a longer
+    vector would be refused by every receiver and the file would stop syncing."""
+    if len(counters) > MAX_VECTOR:
+        by_age = sorted(counters.items(), key=lambda pair: (pair[0] == keep, pair[1]))  # `keep` last: never dropped
+        counters = dict(by_age[len(counters) - MAX_VECTOR :])
     return tuple(sorted(counters.items()))
 
 
