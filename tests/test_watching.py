@@ -3,6 +3,7 @@ round, and a round with no change does not rescan the folder."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -46,6 +47,32 @@ def test_a_change_is_reported_without_waiting_for_the_round(tmp_path: Path, star
     # The next timed round is an hour away: only the watcher can bring this about.
     wait_until(lambda: "new.txt" in tracker.directory.entries(), 10, "the watched change to reach the tracker")
     assert tracker.directory.entries()["new.txt"].port == peer.port
+
+
+def test_a_file_changing_while_scanned_is_looked_at_again_without_a_new_event(
+    tmp_path: Path, start_tracker, make_peer
+) -> None:
+    """The scan that a write's event started finds the file still changing and keeps
+    it for later; no event may follow (the writer is done), so the peer looks again
+    by itself and the file reaches the tracker."""
+    tracker = start_tracker()
+    (tmp_path / "first.txt").write_text("here from the start")
+    peer = make_peer(tmp_path, tracker.port, interval=3600, first_delay=0.05, watch=True)
+    peer.start()
+    wait_until(lambda: "first.txt" in tracker.directory.entries(), 10, "the first round")
+    hash_file, tries = peer.folder._hash, [0]
+
+    def busy_at_first(path: str, key):
+        if path == "busy.log":
+            tries[0] += 1
+            if tries[0] == 1:  # still being written when the scan reads it
+                raise OSError(errno.EAGAIN, "changed while being hashed")
+        return hash_file(path, key)
+
+    peer.folder._hash = busy_at_first
+    (tmp_path / "busy.log").write_text("written, then left alone")
+    wait_until(lambda: "busy.log" in tracker.directory.entries(), 10, "the file, on a second look")
+    assert tries[0] >= 2
 
 
 def test_rounds_without_a_change_skip_the_rescan(tmp_path: Path, start_tracker, make_peer) -> None:

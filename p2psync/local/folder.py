@@ -246,6 +246,7 @@ class Folder:
         self._unwritten: list[IndexRow] = []  # installed rows not yet in the index (see flush)
         self.generation = 0
         self.not_synced: list[tuple[str, str]] = []  # (path, why), as the last scan found them
+        self.unsettled = False  # the last scan left a file that changed while it was read for the next one
         # Whether downloads can start as anonymous files here: None until tried.
         self._anonymous_ok: bool | None = None if O_TMPFILE else False
 
@@ -347,6 +348,7 @@ class Folder:
         peer's. `generation` goes up whenever the result differs from the last one.
         """
         walked = _Walk()
+        unsettled = False  # a file changed while it was read: the next scan should come soon
         self._walk(self._dir_fd, "", 0, walked)
         self.check_present()  # after the walk: gone before it or during it, what it missed is not deleted
         self._say_passed_over(walked.passed_over)
@@ -365,6 +367,8 @@ class Folder:
             except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed
                 if self._cannot_read(path, exc):
                     walked.refused.append((path, f"cannot be read: {getattr(exc, 'strerror', None) or exc}"))
+                else:
+                    unsettled = True
                 if old is not None:
                     found[path] = old  # still here as far as anyone knows: never a deletion; the next scan looks again
                 continue
@@ -391,6 +395,7 @@ class Folder:
                 self._hashes = {k: v for k, v in self._hashes.items() if k in keys}
         self._last = found
         self.not_synced = walked.not_synced()
+        self.unsettled = unsettled
         return found
 
     def _settle_place(self, marker: tuple[int, int]) -> None:

@@ -61,6 +61,7 @@ TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
 CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of changes makes one round
 FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
+UNSETTLED_RETRY_S = 1.0  # when watching, look again this soon at a file that changed while the scan read it
 POLL_WAIT_S = 25.0  # a watching peer's KeepAlive lets the tracker hold the reply until a change, this long
 EXPIRY_INTERVAL_S = 3600.0  # how often old trash and own deletions are let go
 
@@ -129,6 +130,7 @@ class FileSynchronizer(threading.Thread):
         self._last_scan = time.monotonic()
         self._rescan = threading.Event()  # the folder may differ from the last scan
         self._wake = threading.Event()  # run a round now (a watched change, or exit)
+        self._retry: threading.Timer | None = None  # a rescan soon, for files that changed while scanned
         # With `watch`, a round with no change skips the rescan, and a change starts a round.
         self._watcher = FolderWatcher(self.folder.root, self._on_folder_change, rules) if settings.watch else None
         self._send_lock = threading.Lock()  # the round and a watched change both send to the tracker
@@ -316,6 +318,8 @@ class FileSynchronizer(threading.Thread):
         deadline = time.monotonic() + 0.9
         self._stopping.set()
         self._wake.set()
+        if self._retry is not None:
+            self._retry.cancel()
         if self._watcher is not None:
             self._watcher.stop()
         self._file_server.stop()
@@ -512,6 +516,8 @@ class FileSynchronizer(threading.Thread):
             self._rescan.clear()  # before the scan: a change during it sets it again
             self._local = self.folder.scan()
             self._last_scan = time.monotonic()
+            if self.folder.unsettled:
+                self._look_again_soon()
         if self.folder.generation != self._report_generation:  # rebuild the report only after a change
             self._report, self._report_generation = self._report_now(), self.folder.generation
         if self._reported != (self._report, self._declare):
@@ -521,6 +527,19 @@ class FileSynchronizer(threading.Thread):
             # Watching, a KeepAlive is a long poll: a p2psync tracker answers it when the directory changes.
             self._msg_waits = self._watcher is not None and self._watcher.alive and self._tracker_extended is True
             self.msg = encode_keepalive(self.port, POLL_WAIT_S if self._msg_waits else None, since=self._since())
+
+    def _look_again_soon(self) -> None:
+        """A file changed while the scan read it, and the scan kept its last version:
+        watching, rescan in a moment even if no event comes (the one that told of
+        the change was used up by this scan, and a file written to the end may
+        send no more). Without a watcher every round rescans anyway."""
+        watcher = self._watcher
+        if watcher is None or not watcher.alive or self._stopping.is_set():
+            return
+        if self._retry is None or not self._retry.is_alive():
+            self._retry = threading.Timer(UNSETTLED_RETRY_S, self._on_folder_change)
+            self._retry.daemon = True
+            self._retry.start()
 
     def _needs_scan(self, current: bool) -> bool:
         """Nothing wrote to the folder since a `current` scan: no. Else, without a
