@@ -33,6 +33,7 @@ __all__ = [
     "Tally",
     "Transfer",
     "TransferView",
+    "count_text",
     "size_text",
 ]
 
@@ -86,7 +87,7 @@ class RoundSummary:
         others = self._others()
         parts = [f"{self.fetched} fetched ({took})"] if self.fetched or self.bytes or not others else []
         for count, one, many in others:
-            parts.append(f"{count} {one if count == 1 else many}")
+            parts.append(count_text(count, one, many))
         return "round: " + ", ".join(parts)
 
     def _others(self) -> list[tuple[int, str, str]]:
@@ -249,6 +250,11 @@ class LogEvents:
 
     def attach(self, events: Events) -> None:
         events.subscribe(self, self.summary)
+
+
+def count_text(n: int, one: str, many: str | None = None) -> str:
+    """`n` of something for people: "1 file", "3 files" (`many`: an irregular plural)."""
+    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
 
 
 def size_text(n: float) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 from p2psync.chunking import DELTA_MIN_BYTES
 from p2psync.deadlines import Watchdog
 from p2psync.errors import ConnectionClosed, P2PSyncError, ProtocolError, Refused, TransferError, UnsafeName
-from p2psync.events import Event, Events, Kind, size_text
+from p2psync.events import Event, Events, Kind, count_text, size_text
 from p2psync.local import ANY, Folder, Install, PartialFile
 from p2psync.local.chunks import verified_prefix
 from p2psync.local.fileops import hash_fd
@@ -63,11 +63,8 @@ def _how(links: Sequence[delta.Link], fetched: int, steps: Sequence[Step]) -> st
     if len(used) == 1:
         how = "from {}:{}".format(*used[0].holder)
     else:
-        how = "from " + ", ".join(
-            f"{ip}:{port} ({link.delivered} {'run' if link.delivered == 1 else 'runs'})"
-            for link in used
-            for ip, port in [link.holder]
-        )
+        runs = (f"{ip}:{port} ({count_text(link.delivered, 'run')})" for link in used for ip, port in [link.holder])
+        how = "from " + ", ".join(runs)
     reused = sum(step.length for step in steps if step.source is not None)
     if reused:
         how += f", as a delta: {size_text(fetched)} fetched, {size_text(reused)} reused"

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from p2psync.events import size_text
+from p2psync.events import count_text, size_text
 
 __all__ = ["show_status"]
 
@@ -21,7 +21,7 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
     how = {"tracker": "checked against the tracker now", "last round": "as the last round left it"}.get(
         doc["checked"], "never synced"
     )
-    console.print(f"[bold]{doc['folder']}[/]: {state} ({how}); {_count(doc['files'], 'file')}")
+    console.print(f"[bold]{doc['folder']}[/]: {state} ({how}); {count_text(doc['files'], 'file')}")
     last = doc.get("last_round")
     if last:
         when = datetime.datetime.fromtimestamp(last["time"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -32,7 +32,7 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
     _table(console, "Not synced", ("path", "why"), [(n["path"], n["why"]) for n in doc["not_synced"]])
     if doc["held_back"]:
         console.print(
-            f"[yellow]the brake holds back {_count(doc['held_back'], 'deletion')}[/]: "
+            f"[yellow]the brake holds back {count_text(doc['held_back'], 'deletion')}[/]: "
             "run `p2psync sync DIR --max-delete 100%` once to let them go"
         )
     _table(console, "Trash (.p2psync/trash/)", ("path",), [(p,) for p in doc["trash"]])
@@ -42,10 +42,6 @@ def show_status(doc: Mapping[str, Any], console: Console) -> None:
         _table(console, f"Tracker {tracker['address']} ({tracker['kind']})", ("path", "size", "mtime", "holders"), rows)
         deleted = [(d["path"], _when(d["time"])) for d in tracker["deleted"]]
         _table(console, "Deleted on the network", ("path", "deleted at"), deleted)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _size(size: int | None) -> str:
