@@ -124,7 +124,7 @@ class _Walk:
 
     def not_synced(self) -> list[tuple[str, str]]:
         """(path, why) of everything here the rules would sync but the scan could not."""
-        left = [(path, _PASSED_OVER_WHY[kind]) for path, kind in self.passed_over]
+        left = [(path, _PASSED_OVER[kind].why) for path, kind in self.passed_over]
         left += [(path, "cannot be listed") for path in self.unreadable if path]
         return sorted(left + self.refused)
 
@@ -365,8 +365,9 @@ class Folder:
             try:
                 digest = self._hashes.get(file_key(st)) or self._hash(path, file_key(st))
             except (OSError, UnsafeName) as exc:  # changed, vanished or unreadable while hashed
-                if self._cannot_read(path, exc):
-                    walked.refused.append((path, f"cannot be read: {getattr(exc, 'strerror', None) or exc}"))
+                reason = self._cannot_read(path, exc)
+                if reason is not None:
+                    walked.refused.append((path, f"cannot be read: {reason}"))
                 else:
                     unsettled = True
                 if old is not None:
@@ -463,8 +464,13 @@ class Folder:
                         walked.passed_over.append((path + "/", "folder too deep"))
                 elif entry.is_file(follow_symlinks=False):
                     if self._allowed(path, walked) and self.rules.syncs(path):
-                        st = entry.stat(follow_symlinks=False) if name == entry.name else None
-                        walked.files.append((path, st or os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))
+                        renamed = name != entry.name  # the entry would stat the old name, now gone
+                        st = (
+                            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                            if renamed
+                            else entry.stat(follow_symlinks=False)
+                        )
+                        walked.files.append((path, st))
                 elif self.rules.syncs(path) and self._allowed(path, walked):
                     walked.passed_over.append((path, _special_kind(entry)))
             except OSError:  # vanished since listed
@@ -511,18 +517,18 @@ class Folder:
         )
         return nfc
 
-    def _cannot_read(self, path: str, exc: OSError | UnsafeName) -> bool:
-        """A file the scan could not hash: a warning, once, when it cannot be read
-        at all (permissions, a bad disk: the user's to fix; True); otherwise it
-        changed or went while being read, and the next scan takes it (False)."""
+    def _cannot_read(self, path: str, exc: OSError | UnsafeName) -> str | None:
+        """A file the scan could not hash: why, with a warning said once, when it
+        cannot be read at all (permissions, a bad disk: the user's to fix); None
+        when it changed or went while being read, and the next scan takes it."""
         if isinstance(exc, OSError) and exc.errno not in _PASSING_ERRNOS:
-            reason = exc.strerror or exc
+            reason = exc.strerror or str(exc)
             self._say_once(
                 path, logging.WARNING, "cannot read %s in %s, so it is not synced: %s", path, self.root, reason
             )
-            return True
+            return reason
         log.debug("skipping %s for now: %s", path, exc)
-        return False
+        return None
 
     def _say_passed_over(self, passed_over: list[tuple[str, str]]) -> None:
         """One line for what a scan left out that a user may expect to sync
@@ -532,7 +538,7 @@ class Folder:
             return
         self._warned.update(path for path, _ in new)
         kinds = Counter(kind for _, kind in new)
-        counted = ", ".join(f"{n} {kind if n == 1 else _PLURALS[kind]}" for kind, n in sorted(kinds.items()))
+        counted = ", ".join(f"{n} {kind if n == 1 else _PASSED_OVER[kind].many}" for kind, n in sorted(kinds.items()))
         shown = ", ".join(path for path, _ in new[:_PASSED_OVER_SHOWN])
         more = f" and {len(new) - _PASSED_OVER_SHOWN} more" if len(new) > _PASSED_OVER_SHOWN else ""
         rule = "only regular files and folders sync" + (
@@ -1201,23 +1207,21 @@ def _same_file(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
     return _identity(a) == _identity(b)
 
 
-# What a scan passes over, as its one log line names it.
-_PLURALS = {
-    "symlink": "symlinks",
-    "FIFO": "FIFOs",
-    "socket": "sockets",
-    "device": "devices",
-    "folder too deep": "folders too deep",
+class _Kind(NamedTuple):
+    many: str  # the log line's plural
+    why: str  # status's reason
+
+
+# What a scan passes over: how its one log line counts it, and why status says it does not sync.
+_PASSED_OVER = {
+    "symlink": _Kind("symlinks", "a symlink: never followed or synced"),
+    "FIFO": _Kind("FIFOs", "a FIFO: only regular files sync"),
+    "socket": _Kind("sockets", "a socket: only regular files sync"),
+    "device": _Kind("devices", "a device: only regular files sync"),
+    "folder too deep": _Kind("folders too deep", f"a folder more than {MAX_DEPTH} deep"),
 }
 # A file that changed or went while it was hashed: the next scan takes it, no word.
 _PASSING_ERRNOS = frozenset({errno.EAGAIN, errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
-_PASSED_OVER_WHY = {
-    "symlink": "a symlink: never followed or synced",
-    "FIFO": "a FIFO: only regular files sync",
-    "socket": "a socket: only regular files sync",
-    "device": "a device: only regular files sync",
-    "folder too deep": f"a folder more than {MAX_DEPTH} deep",
-}
 _PASSED_OVER_SHOWN = 5  # paths named in that line; the rest are counted
 
 
