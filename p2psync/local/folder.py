@@ -637,6 +637,13 @@ class Folder:
             row = self._rows.get(path)
             if row is None:
                 continue
+            agreed_before = row.base
+            if (
+                agreed_before is not None
+                and agreed_before == version
+                and row.vector == version.vector == agreed_before.vector
+            ):
+                continue  # this very version, agreed before, nothing since: most paths of most rounds
             first = row.base is None and bool(version.vector)
             vector = version.vector if first else merge(row.vector, version.vector)
             base = Version(version.mtime, version.size, version.sha256, version.mode, vector)
