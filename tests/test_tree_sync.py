@@ -24,6 +24,7 @@ from p2psync.errors import FolderGone
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder, Index
 from p2psync.paths import MAX_DEPTH
+from p2psync.peer import FileSynchronizer
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
@@ -73,6 +74,41 @@ def test_three_peers_converge_from_different_trees(tmp_path: Path, start_tracker
         assert stat.S_IMODE((folder / "run.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((a / "c.txt").stat().st_mode) == 0o755
     assert (c / "docs/notes/deep/n.txt").read_text() == "deep"
+
+
+@pytest.mark.parametrize("how", ["once", "running"])
+def test_starting_on_a_tree_takes_one_scan(tmp_path: Path, start_tracker, monkeypatch, how: str) -> None:
+    """The first report to a tracker not yet known to be a p2psync one holds only
+    classic names, so the whole tree goes out in a second round at once: that round
+    reuses the scan the peer started with (100,000 files: ~0.7 s a scan) unless
+    something wrote to the folder meanwhile."""
+    a = tmp_path / "a"
+    for i in range(3):
+        write(a / f"sub{i}/f.txt", f"file {i}")
+    write(a / "top.txt", "classic-shaped")
+    scans = []
+    original = Folder.scan
+    monkeypatch.setattr(Folder, "scan", lambda self: scans.append(1) or original(self))
+    tracker = start_tracker()
+    settings = dataclasses.replace(FAST, interval=3600.0)  # no timed round: only the start's
+    peer = FileSynchronizer("127.0.0.1", tracker.port, 0, "127.0.0.1", folder=a, settings=settings)
+    try:
+        if how == "once":
+            assert peer.run_once().in_sync
+        else:
+            peer.start()
+        wait_until(lambda: len(tracker.directory) == 4, 10, "the whole tree at the tracker")
+        wait_until(lambda: peer.last_round is not None, 10, "the round on the whole tree")
+    finally:
+        peer.exit()
+    assert len(scans) == 1
+    write(a / "later.txt", "written after the start")  # a round after a wait still looks again
+    peer = FileSynchronizer("127.0.0.1", tracker.port, 0, "127.0.0.1", folder=a, settings=FAST)
+    try:
+        peer.start()
+        wait_until(lambda: "later.txt" in tracker.directory.entries(), 10, "a file written later to be reported")
+    finally:
+        peer.exit()
 
 
 def test_a_symlink_is_never_followed_or_synced(tmp_path: Path, start_tracker, engine) -> None:

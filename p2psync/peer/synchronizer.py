@@ -152,6 +152,7 @@ class FileSynchronizer(threading.Thread):
         self._first_round = True
         self._backoff = 0.0
         self._again = False  # the tracker turned out to be a p2psync one: report the whole tree now
+        self._at_once = False  # the next round follows the last scan with no wait between (set by the loops)
         self._stopping = threading.Event()
         self._watchdog = Watchdog()
         if events is None:  # nobody watches: every event is a log line
@@ -209,6 +210,7 @@ class FileSynchronizer(threading.Thread):
             self.fatal_tracker("Failed connecting to the tracker", exc)
         delay = self.first_delay
         while not self._wait_for_round(delay):
+            self._at_once = delay == 0
             try:
                 self.sync()
             except FolderGone as exc:  # report nothing more: its files are not deleted, the folder is
@@ -243,6 +245,7 @@ class FileSynchronizer(threading.Thread):
                     raise
                 self.fatal_tracker("Failed connecting to the tracker", exc)
         for _ in range(3):
+            self._at_once = True  # rounds back to back: the last scan is the current one
             try:
                 self.sync()
             except FolderGone as exc:
@@ -396,9 +399,14 @@ class FileSynchronizer(threading.Thread):
     def sync(self) -> None:
         """One round: report to the tracker, read the directory, bring the folder up
         to date (fetch, stamp, trash, keep conflicts aside)."""
+        # A round that follows the last scan at once (the constructor's, or the last
+        # round's closing one) reuses it unless something wrote to the folder since:
+        # starting on a tree takes one scan, not three.
+        at_once, self._at_once = self._at_once, False
         opened = not self._first_round
+        current = opened or at_once
         if opened:
-            self._set_next_message()  # report what changed since the last round
+            self._set_next_message(current=at_once)  # report what changed since the last round
         if not self._client_connected():
             try:
                 self._connect()
@@ -427,7 +435,7 @@ class FileSynchronizer(threading.Thread):
             # The same directory as last round, which found nothing to do, and the
             # same folder: nothing to decode or decide (a round of an idle swarm).
             self._backoff = 0.0
-            self._set_next_message(current=opened)
+            self._set_next_message(current=current)
             return
         try:
             listing = decode_listing(line)
@@ -440,7 +448,7 @@ class FileSynchronizer(threading.Thread):
                 log.debug("tracker sent a delta since %s; this peer holds %s", listing.since, self._generation)
                 self._listing = self._generation = None
                 self._again = True
-                self._set_next_message(current=opened)
+                self._set_next_message(current=current)
                 return
             listing = apply_delta(self._listing, listing)
         self._listing, self._generation = (listing, listing.generation) if listing.generation else (None, None)
@@ -457,8 +465,8 @@ class FileSynchronizer(threading.Thread):
             self._settled = (line, self.folder.generation)
         if self._once and not self._again:
             return  # `--once` ends here: a next report would rescan what this round wrote, for no one
-        # The scan that opened this round is still current unless the round wrote to the folder.
-        self._set_next_message(current=opened)
+        # The scan this round opened with is still current unless the round wrote to the folder.
+        self._set_next_message(current=current)
 
     def _learn_tracker(self, listing: Listing) -> None:
         """What the reply says of the tracker: extended replies come only from p2psync
