@@ -35,6 +35,11 @@ def v(mtime: int, sha: str = A, **vector: int) -> Version:
     return Version(mtime, 1, sha, vector=tuple(sorted(vector.items())))
 
 
+def m(mtime: int, mode: int, **vector: int) -> Version:
+    """`v` with permission bits."""
+    return Version(mtime, 1, A, mode, tuple(sorted(vector.items())))
+
+
 @pytest.mark.parametrize(
     ("local", "base", "remote", "deleted", "action"),
     [
@@ -49,6 +54,9 @@ def v(mtime: int, sha: str = A, **vector: int) -> Version:
         (v(7, C, P=2), v(5, P=1), v(7, B, P=1, Q=2), (), Action.NOTHING),
         (v(5, B, P=1), None, v(9, C, Q=1), (), Action.CONFLICT),  # made apart, never agreed: kept aside
         (v(5, P=1), None, v(9, P=1), (), Action.STAMP),  # the same bytes, newer stamp: no transfer
+        (m(5, 0o644, P=1), m(5, 0o644, P=1), m(5, 0o755, P=1, Q=2), (), Action.STAMP),  # a chmod there
+        (m(5, 0o755, P=2), m(5, 0o644, P=1), m(5, 0o644, P=1), (), Action.NOTHING),  # a chmod here goes out
+        (m(5, 0o644, P=1), None, Version(5, 1), (), Action.NOTHING),  # a classic holder's: no mode to take
         (None, v(5, P=1), v(5, P=1), (Deletion(6, A, (("P", 6),)),), Action.NOTHING),  # deleted here: our tombstone
         (None, v(5, P=2), v(5, B, P=1), (), Action.NOTHING),  # an older version than the one deleted here
         (None, v(5, P=1), v(5, P=1), (), Action.FETCH),  # a tracker that lost the deletion: back, never lost

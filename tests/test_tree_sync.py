@@ -111,6 +111,25 @@ def test_starting_on_a_tree_takes_one_scan(tmp_path: Path, start_tracker, monkey
         peer.exit()
 
 
+def test_a_chmod_alone_reaches_the_other_peers(tmp_path: Path, start_tracker, engine) -> None:
+    """A mode change moves no bytes and no mtime: the other peers take the new bits
+    from the version vector that says it was made from theirs."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "bin/run.sh", "#!/bin/sh\necho hi\n")
+    os.chmod(a / "bin/run.sh", 0o644)
+    tracker = start_tracker()
+    engine(a, tracker.port)
+    peer_b = engine(b, tracker.port)
+    wait_until(converged(a, b), 10, "b to have the script")
+    os.chmod(a / "bin/run.sh", 0o755)
+    wait_until(lambda: stat.S_IMODE((b / "bin/run.sh").stat().st_mode) == 0o755, 10, "the chmod to reach b")
+    wait_until(lambda: peer_b._local["bin/run.sh"].mode == 0o755, 10, "b to scan what it stamped")
+    assert peer_b.folder.peer_id not in dict(peer_b._local["bin/run.sh"].vector)  # taken, not made, by b
+    os.chmod(b / "bin/run.sh", 0o700)  # and back the other way
+    wait_until(lambda: stat.S_IMODE((a / "bin/run.sh").stat().st_mode) == 0o700, 10, "b's chmod to reach a")
+    assert tree(a) == tree(b) and not list(a.rglob("*sync-conflict*")) and not list(b.rglob("*sync-conflict*"))
+
+
 def test_a_symlink_is_never_followed_or_synced(tmp_path: Path, start_tracker, engine) -> None:
     outside = tmp_path / "outside"
     write(outside / "secret.txt", "outside the folder")

@@ -183,6 +183,13 @@ def get_file_info() -> list[dict[str, Any]]:
     return files
 
 
+def _took_agreed_mode(row: IndexRow, mode: int) -> bool:
+    """Whether the file of `row` now has the mode of the version agreed on with the
+    network (a stamp took it from there): not an edit made here."""
+    base = row.base
+    return base is not None and base.sha256 == row.sha256 and base.mode == mode
+
+
 def _local_file(row: IndexRow) -> LocalFile:
     """The file an index row describes, as a scan would have seen it."""
     return LocalFile(
@@ -375,8 +382,8 @@ class Folder:
                 continue
             row = rows.get(path)
             mode = st.st_mode & MODE_BITS
-            if row is not None and row.sha256 == digest and row.mode == mode:
-                vector = row.vector  # touched, not changed
+            if row is not None and row.sha256 == digest and (row.mode == mode or _took_agreed_mode(row, mode)):
+                vector = row.vector  # touched, not changed; or stamped with the network's mode
             else:
                 since = row.vector if row is not None else self._own_deletions.get(path, Deletion(0)).vector
                 vector = bump(since, self.peer_id, now)

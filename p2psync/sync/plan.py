@@ -50,7 +50,10 @@ def plan(
             return Action.TRASH
         return Action.NOTHING  # only here, or an edit newer than the deletion: it goes out
     if local.same_content(live):
-        return Action.STAMP if live.mtime > local.mtime else Action.NOTHING
+        # The same bytes: only the stamp moves, when the remote's is newer or was made
+        # from ours (a chmod there changes no mtime, only the mode and the vector).
+        made_from_ours = live.mode is not None and live.mode != local.mode and live.replaces(local)
+        return Action.STAMP if live.mtime > local.mtime or made_from_ours else Action.NOTHING
     if live.replaces(local):
         return Action.FETCH  # made from ours, or after it
     if local.replaces(live):
