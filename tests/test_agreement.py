@@ -1,17 +1,20 @@
-"""`Folder.agree`: what a round records as agreed with the network. Its shortcut for a
-version agreed on before (most paths of most rounds of a large tree) must leave
-every row exactly as the full computation would."""
+"""The version agreed on with the network: what `Folder.agree` records (its shortcut
+for a version agreed on before, most paths of most rounds of a large tree, must
+leave every row exactly as the full computation would), and how the index keeps it."""
 
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2psync.local import Folder, IndexRow
+from p2psync.local import Folder, Index, IndexRow
+from p2psync.local.index import INDEX_FILE
 from p2psync.sync.versions import Version, merge
 
 SHA = ("a" * 64, "b" * 64)
@@ -69,3 +72,38 @@ def test_agree_leaves_each_row_as_the_full_rule_does(cases: list[tuple[Version |
             if want is not rows[path]:
                 changed.add(path)
         assert set(folder.index.rows()) == changed  # only what changed is written
+
+
+V2_FILES = """CREATE TABLE files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
+    inode INTEGER NOT NULL, sha256 TEXT NOT NULL, vector TEXT NOT NULL,
+    base_mtime INTEGER, base_size INTEGER, base_sha256 TEXT, base_vector TEXT
+)"""
+
+
+def test_the_agreed_mode_is_kept_across_restarts_and_an_older_index_is_migrated(tmp_path: Path) -> None:
+    """The index of the last release (schema 2) kept the agreed version without its
+    mode: it opens migrated in place, its rows intact, and from then on the mode
+    is kept, so a restart agrees on nothing anew (and a stamp's mode is no edit)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / INDEX_FILE)
+    db.executescript(f"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); {V2_FILES};")
+    db.execute("INSERT INTO meta VALUES ('schema', '2')")
+    db.execute(
+        "INSERT INTO files VALUES ('old.txt', 5, 100000000000, 420, 7, ?, 'PEERA:1', 100, 5, ?, 'PEERA:1')",
+        (SHA[0], SHA[0]),
+    )
+    db.commit()
+    db.close()
+    assert Index.read_only(str(state)).rows()["old.txt"].base == Version(100, 5, SHA[0], None)  # read as it is
+    index = Index(str(state))
+    old = index.rows()["old.txt"]
+    assert old.base == Version(100, 5, SHA[0], None) and old.base.vector == (("PEERA", 1),)
+    agreed = Version(100, 5, SHA[0], 0o755, (("PEERA", 1),))
+    index.update([dataclasses.replace(old, path="new.txt", base=agreed)])
+    index.close()
+    again = Index(str(state))
+    assert again.rows()["new.txt"].base == agreed and again.rows()["old.txt"] == old
+    again.close()
+    assert Index.read_only(str(state)).rows()["new.txt"].base == agreed

@@ -31,14 +31,15 @@ __all__ = ["INDEX_FILE", "Index", "IndexRow"]
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite3"
-_SCHEMA_VERSION = "2"  # 2: vectors as PEER:N,PEER:N
+_SCHEMA_VERSION = "3"  # 2: vectors as PEER:N,PEER:N; 3: the agreed version's mode (base_mode)
+_MIGRATIONS = {"2": "ALTER TABLE files ADD COLUMN base_mode INTEGER"}  # from an older schema, in place
 _PEER_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud from a file name
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
     inode INTEGER NOT NULL, sha256 TEXT NOT NULL, vector TEXT NOT NULL,
-    base_mtime INTEGER, base_size INTEGER, base_sha256 TEXT, base_vector TEXT
+    base_mtime INTEGER, base_size INTEGER, base_sha256 TEXT, base_vector TEXT, base_mode INTEGER
 );
 CREATE TABLE IF NOT EXISTS tombstones (
     path TEXT PRIMARY KEY, time INTEGER NOT NULL, sha256 TEXT, vector TEXT NOT NULL
@@ -49,6 +50,9 @@ CREATE TABLE IF NOT EXISTS trashed (
     sha256 TEXT NOT NULL
 );
 """
+
+
+_FILE_COLUMNS = "path, size, mtime_ns, mode, inode, sha256, vector, base_mtime, base_size, base_sha256, base_vector"
 
 
 def _vector_text(vector: Vector) -> str:
@@ -93,6 +97,7 @@ class Index:
         """The index in `state_dir`; with None, one in memory (gone with the process)."""
         self.path = ":memory:" if state_dir is None else os.path.join(state_dir, INDEX_FILE)
         self._lock = threading.Lock()
+        self._base_mode = True  # the table has base_mode (an older one is migrated when opened)
         self._db = self._open()
 
     @classmethod
@@ -103,6 +108,7 @@ class Index:
         index = cls.__new__(cls)
         index.path = os.path.join(state_dir, INDEX_FILE)
         index._lock = threading.Lock()
+        index._base_mode = True
         try:
             # Beside a running sync (its write-ahead log exists), read as a second reader;
             # with none, as an unchanging file, which creates no -wal or -shm beside it.
@@ -110,8 +116,9 @@ class Index:
             query = "mode=ro" if live else "immutable=1"
             db = sqlite3.connect(f"{pathlib.Path(index.path).as_uri()}?{query}", uri=True, check_same_thread=False)
             found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if found is None or found[0] != _SCHEMA_VERSION:
+            if found is None or (found[0] != _SCHEMA_VERSION and found[0] not in _MIGRATIONS):
                 raise sqlite3.DatabaseError(f"schema {found[0] if found else 'unknown'}")
+            index._base_mode = found[0] == _SCHEMA_VERSION  # an older index, read as it is, has no base_mode
         except sqlite3.Error:
             db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             db.executescript(_SCHEMA)
@@ -148,6 +155,11 @@ class Index:
         found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if found is None:
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        elif found[0] in _MIGRATIONS:
+            with db:  # one transaction: migrated whole, or not at all
+                db.execute("BEGIN")
+                db.execute(_MIGRATIONS[found[0]])
+                db.execute("UPDATE meta SET value=? WHERE key='schema'", (_SCHEMA_VERSION,))
         elif found[0] != _SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"schema {found[0]}, this p2psync reads {_SCHEMA_VERSION}")
         return db
@@ -197,7 +209,8 @@ class Index:
     def rows(self) -> dict[str, IndexRow]:
         """Every path the index knows."""
         with self._lock:
-            cursor = self._db.execute("SELECT * FROM files")
+            base_mode = "base_mode" if self._base_mode else "NULL"
+            cursor = self._db.execute(f"SELECT {_FILE_COLUMNS}, {base_mode} FROM files")
             return {r[0]: _row(r) for r in cursor}
 
     def tombstones(self) -> dict[str, Deletion]:
@@ -219,7 +232,7 @@ class Index:
             db.execute("BEGIN")
             try:
                 db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)", [_values(r) for r in rows]
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [_values(r) for r in rows]
                 )
                 db.executemany("DELETE FROM files WHERE path=?", [(p,) for p in removed])
                 db.executemany(
@@ -280,11 +293,17 @@ class Index:
 
 
 def _row(r: tuple[object, ...]) -> IndexRow:
-    path, size, mtime_ns, mode, inode, sha256, vector, b_mtime, b_size, b_sha, b_vector = r
+    path, size, mtime_ns, mode, inode, sha256, vector, b_mtime, b_size, b_sha, b_vector, b_mode = r
     base = (
         None
         if b_mtime is None
-        else Version(int(b_mtime), None if b_size is None else int(b_size), str(b_sha), None, _vector(str(b_vector)))  # type: ignore[call-overload]
+        else Version(
+            int(b_mtime),  # type: ignore[call-overload]
+            None if b_size is None else int(b_size),  # type: ignore[call-overload]
+            str(b_sha),
+            None if b_mode is None else int(b_mode),  # type: ignore[call-overload]
+            _vector(str(b_vector)),
+        )
     )
     return IndexRow(str(path), int(size), int(mtime_ns), int(mode), int(inode), str(sha256), _vector(str(vector)), base)  # type: ignore[call-overload]
 
@@ -303,4 +322,5 @@ def _values(r: IndexRow) -> tuple[object, ...]:
         None if b is None else b.size,
         None if b is None else b.sha256,
         None if b is None else _vector_text(b.vector),
+        None if b is None else b.mode,
     )
