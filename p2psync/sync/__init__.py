@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .conflicts import conflict_name, is_conflict_copy
-from .plan import Action, clashes, decide, plan
+from .plan import Action, clashes, decide, decide_paths, plan
 from .versions import MAX_VECTOR, Deletion, Vector, Version, bump, covers, merge, pick
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "bump",
     "clashes",
     "decide",
+    "decide_paths",
     "conflict_name",
     "covers",
     "is_conflict_copy",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from .versions import Deletion, Version
 
-__all__ = ["Action", "clashes", "decide", "plan"]
+__all__ = ["Action", "clashes", "decide", "decide_paths", "plan"]
 
 
 class Action(enum.Enum):
@@ -79,11 +79,28 @@ def decide(
     last agreed on for `path` (None: never). Not `extended` (a classic
     tracker's directory): it lists no deletions, so none are taken from it, and
     a path absent here is fetched whatever this peer agreed on before."""
+    paths = sorted(local.keys() | remote.keys())
+    return decide_paths(paths, local, remote, deleted, base, extended, clashes(local.keys(), remote.keys()))
+
+
+def decide_paths(
+    paths: Iterable[str],
+    local: Mapping[str, Version],
+    remote: Mapping[str, Version],
+    deleted: Mapping[str, Sequence[Deletion]],
+    base: Callable[[str], Version | None],
+    extended: bool,
+    clashing: tuple[Collection[str], Collection[str]],
+) -> list[tuple[str, Action]]:
+    """`decide` for `paths` only, in the order given: what a round decides when it
+    knows the other paths are as they were (`local` and `remote` need hold only
+    these). `clashing`: `clashes` of every path of both sides, so a file here
+    still yields to a folder there that a path outside `paths` makes."""
     if not extended:
         deleted = {}
-    move_aside, skip = clashes(local.keys(), remote.keys())
+    move_aside, skip = clashing
     steps = []
-    for path in sorted(local.keys() | remote.keys()):
+    for path in paths:
         if path in skip:
             steps.append((path, Action.KEEP_FOLDER))
         elif path in move_aside and path in local:
