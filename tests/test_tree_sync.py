@@ -24,7 +24,7 @@ from p2psync.errors import FolderGone
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder, Index
 from p2psync.paths import MAX_DEPTH
-from p2psync.peer import FileSynchronizer
+from p2psync.peer import FileSynchronizer, synchronizer
 from p2psync.protocol import DirectoryEntry
 
 from .classic_peer import ClassicPeer, recv_line
@@ -109,6 +109,34 @@ def test_starting_on_a_tree_takes_one_scan(tmp_path: Path, start_tracker, monkey
         wait_until(lambda: "later.txt" in tracker.directory.entries(), 10, "a file written later to be reported")
     finally:
         peer.exit()
+
+
+def test_a_round_decides_what_changed_not_the_whole_tree(tmp_path: Path, start_tracker, engine, monkeypatch) -> None:
+    """Once in sync, a round decides only the paths whose file here, directory entry
+    or deletions changed (a delta reply keeps the others' entries, a scan the others'
+    files): one edit in a 100,000-file tree costs each peer a few paths, not all."""
+    decided: list[int] = []
+    original = synchronizer.decide_paths
+    monkeypatch.setattr(
+        synchronizer, "decide_paths", lambda paths, *rest: decided.append(len(paths)) or original(paths, *rest)
+    )
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i in range(40):
+        write(a / f"d{i % 4}/f{i}.txt", f"file {i}")
+    tracker = start_tracker()
+    peers = [engine(a, tracker.port), engine(b, tracker.port)]
+    wait_until(converged(a, b), 10, "b to have the tree")
+
+    def settled_on_the_last_directory(peer: FileSynchronizer) -> bool:
+        return peer._generation == tracker.directory.token and len(peer._as_decided) == 40
+
+    wait_until(lambda: all(map(settled_on_the_last_directory, peers)), 10, "both to have settled every path")
+    settled = len(decided)
+    write(a / "d1/f5.txt", "edited on a")
+    os.remove(a / "d2/f6.txt")
+    wait_until(lambda: (b / "d1/f5.txt").read_text() == "edited on a" and not (b / "d2/f6.txt").exists(), 10, "b")
+    wait_until(converged(a, b), 10, "the edit and the deletion everywhere")
+    assert decided[settled:] and max(decided[settled:]) <= 4, decided[settled:]  # not the 40
 
 
 def test_a_chmod_alone_reaches_the_other_peers(tmp_path: Path, start_tracker, engine) -> None:

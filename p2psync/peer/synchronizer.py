@@ -47,7 +47,7 @@ from p2psync.protocol import (
 from p2psync.protocol.auth import Channel
 from p2psync.ratelimit import RateLimiter
 from p2psync.status import NOTE, outcome_note
-from p2psync.sync import Action, Deletion, Version, conflict_name, decide, merge
+from p2psync.sync import Action, Deletion, Version, clashes, conflict_name, decide_paths, merge
 from p2psync.transfer import Buffer
 
 from .fetch import Fetcher
@@ -61,6 +61,7 @@ TRACKER_TIMEOUT_S = 180.0  # the classic client timeout
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024  # one directory line from the tracker: ~500,000 entries
 CHANGE_SETTLE_S = 0.1  # after a watched change, wait this long so a burst of changes makes one round
 FULL_SCAN_INTERVAL_S = 60.0  # when watching, rescan at least this often anyway (a missed event heals)
+FULL_DECISION_INTERVAL_S = 60.0  # every path is decided afresh at least this often, not only what changed
 UNSETTLED_RETRY_S = 1.0  # when watching, look again this soon at a file that changed while the scan read it
 POLL_WAIT_S = 25.0  # a watching peer's KeepAlive lets the tracker hold the reply until a change, this long
 EXPIRY_INTERVAL_S = 3600.0  # how often old trash and own deletions are let go
@@ -185,6 +186,13 @@ class FileSynchronizer(threading.Thread):
         self._warned: set[str] = set()
         self._held_back = 0  # deletions the brake held back in the last round
         self._settled: tuple[bytes, int] | None = None  # (directory, folder generation) of a round with nothing to do
+        # Per path left as it was (Action.NOTHING): the local file, the directory entry and
+        # the deletions it was decided on. A later round that finds the very same three
+        # objects (a scan keeps an unchanged file's, a delta reply an unchanged entry's)
+        # decides it the same way, so it is not decided again: a round on a large tree
+        # costs what changed. Emptied on a new connection and every FULL_DECISION_INTERVAL_S.
+        self._as_decided: dict[str, tuple[Any, Any, Any]] = {}
+        self._next_full_decision = 0.0
         self._next_expiry = 0.0
         self._channel: Channel | None = None  # the tracker line's tags, when the swarm is members only
         self._once = False  # run_once: a tracker failure is the caller's to report, not retried
@@ -393,6 +401,7 @@ class FileSynchronizer(threading.Thread):
             self._tracker_extended = None  # a new connection, maybe a new tracker
             self._listing = self._generation = None  # and its generations mean nothing to another one
             self._settled = None
+            self._as_decided = {}
             self._reported = None  # a new connection starts with a full Init
             self._set_next_message()
 
@@ -579,14 +588,17 @@ class FileSynchronizer(threading.Thread):
         extended = listing.extended
         deleted = listing.deleted if extended else {}
         local = self._local
-        ours_all = {path: f.version() for path, f in local.items()}
-        theirs_all = {path: e.version() for path, e in remote.items()}
+        clashing = clashes(local.keys(), remote.keys())
+        paths = self._paths_to_decide(local, remote, deleted, clashing)
+        ours_all = {path: local[path].version() for path in paths if path in local}
+        theirs_all = {path: remote[path].version() for path in paths if path in remote}
         todo: list[tuple[str, DirectoryEntry]] = []
         expect: dict[str, Any] = {}
         trash: list[tuple[str, LocalFile, Deletion]] = []
         agreed: list[tuple[str, Version]] = []
+        left: list[str] = []  # decided: nothing to do
         wrote = False
-        for path, action in decide(ours_all, theirs_all, deleted, self.folder.base, extended):
+        for path, action in decide_paths(paths, ours_all, theirs_all, deleted, self.folder.base, extended, clashing):
             mine = local.get(path)
             entry: DirectoryEntry | None = remote.get(path)
             ours, theirs = ours_all.get(path), theirs_all.get(path)
@@ -596,6 +608,7 @@ class FileSynchronizer(threading.Thread):
                 assert mine is not None
                 wrote |= self._keep_aside(path, mine, "a folder of that name on another peer")
             elif action is Action.NOTHING:
+                left.append(path)
                 if ours is not None and theirs is not None and ours.same_content(theirs):
                     agreed.append((path, theirs))
             elif action is Action.STAMP:
@@ -619,6 +632,7 @@ class FileSynchronizer(threading.Thread):
                     expect[path] = mine.key if mine is not None else None
                 todo.append((path, entry))
         self.folder.agree(agreed)
+        self._remember_decided(paths, left, local, remote, deleted)  # after agree: it may renew a local file
         if todo:  # before the deletions: a file renamed elsewhere is copied from its old name here
             self.events.round_started(len(todo), sum(entry.size or 0 for _, entry in todo))
             self._fetch(todo, expect)
@@ -629,6 +643,50 @@ class FileSynchronizer(threading.Thread):
             self._rescan.set()  # this round wrote to the folder (its own events may still be on the way)
         self._finish_round(todo, trash)
         return wrote or bool(todo or trash)
+
+    def _paths_to_decide(
+        self,
+        local: Mapping[str, LocalFile],
+        remote: Mapping[str, DirectoryEntry],
+        deleted: Mapping[str, tuple[Deletion, ...]],
+        clashing: tuple[set[str], set[str]],
+    ) -> list[str]:
+        """The paths this round decides, in path order: every one whose local file,
+        directory entry or deletions are not the ones it was left on, and every
+        one in a file/folder clash; all of them now and then."""
+        now = time.monotonic()
+        if now >= self._next_full_decision:
+            self._as_decided = {}
+            self._next_full_decision = now + FULL_DECISION_INTERVAL_S
+        seen = self._as_decided
+        move_aside, skip = clashing
+        missing = (None, None, None)
+        return sorted(
+            path
+            for path in local.keys() | remote.keys()
+            if (was := seen.get(path, missing))[0] is not local.get(path)
+            or was[1] is not remote.get(path)
+            or was[2] is not deleted.get(path)
+            or path in move_aside
+            or path in skip
+        )
+
+    def _remember_decided(
+        self,
+        paths: list[str],
+        left: list[str],
+        local: Mapping[str, LocalFile],
+        remote: Mapping[str, DirectoryEntry],
+        deleted: Mapping[str, tuple[Deletion, ...]],
+    ) -> None:
+        """Note what the `paths` decided this round were decided on: those `left` as
+        they were, to be passed over until one of the three changes; the rest acted
+        on, to be decided again."""
+        seen = self._as_decided
+        for path in paths:
+            seen.pop(path, None)
+        for path in left:
+            seen[path] = (local.get(path), remote.get(path), deleted.get(path))
 
     def _finish_round(
         self, todo: list[tuple[str, DirectoryEntry]], trash: list[tuple[str, LocalFile, Deletion]]
