@@ -49,6 +49,7 @@ class Kind(enum.Enum):
     CONFLICT = "conflict"  # changed here and elsewhere: this peer's version kept aside (detail: its new name)
     FAILED = "failed"  # could not be fetched from any holder this round (detail: why)
     HELD_BACK = "held back"  # a deletion the brake kept from happening
+    UPDATED = "updated"  # the same bytes as the network's: only its mode or mtime taken (detail: which)
 
 
 @quick_frozen
@@ -74,6 +75,7 @@ class RoundSummary:
     bytes: int
     seconds: float
     received: int | None = None  # bytes over the network, where deltas made it less than `bytes`
+    updated: int = 0  # files that took only another peer's mode or mtime
 
     @property
     def rate(self) -> float:
@@ -94,6 +96,7 @@ class RoundSummary:
         """What the round did besides fetching: (count, singular, plural) for each nonzero count."""
         counts = (
             (self.copied, "copied locally", "copied locally"),
+            (self.updated, "updated in place", "updated in place"),
             (self.trashed, "moved to trash", "moved to trash"),
             (self.conflicts, "conflict kept", "conflicts kept"),
             (self.failed, "failed", "failed"),
@@ -331,4 +334,5 @@ class Tally:
             bytes=sum(e.size for e in fetched),
             seconds=time.monotonic() - self.started,
             received=received if any(e.received is not None for e in fetched) else None,
+            updated=count[Kind.UPDATED],
         )

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("backend")
         ),
         ({"conflicts": 2, "held_back": 1}, "round: 2 conflicts kept, 1 deletion held back"),
         ({"held_back": 12}, "round: 12 deletions held back"),
+        ({"updated": 1}, "round: 1 updated in place"),  # a chmod elsewhere: the same bytes, the new mode
         ({}, "round: 0 fetched (0 B in 0.50 s, 0 B/s)"),
     ],
 )

@@ -21,6 +21,7 @@ import pytest
 
 from p2psync.config import DeleteLimit
 from p2psync.errors import FolderGone
+from p2psync.events import Event, Kind
 from p2psync.ignore import IgnoreRules
 from p2psync.local import STATE_DIR, TRASH_DIR, Folder, Index
 from p2psync.paths import MAX_DEPTH
@@ -149,10 +150,16 @@ def test_a_chmod_alone_reaches_the_other_peers(tmp_path: Path, start_tracker, en
     engine(a, tracker.port)
     peer_b = engine(b, tracker.port)
     wait_until(converged(a, b), 10, "b to have the script")
+    seen: list[Event] = []
+    peer_b.events.subscribe(seen.append)
     os.chmod(a / "bin/run.sh", 0o755)
     wait_until(lambda: stat.S_IMODE((b / "bin/run.sh").stat().st_mode) == 0o755, 10, "the chmod to reach b")
     wait_until(lambda: peer_b._local["bin/run.sh"].mode == 0o755, 10, "b to scan what it stamped")
     assert peer_b.folder.peer_id not in dict(peer_b._local["bin/run.sh"].vector)  # taken, not made, by b
+    wait_until(lambda: any(e.kind is Kind.UPDATED for e in seen), 10, "b to say what it took")
+    assert [(e.path, e.detail) for e in seen if e.kind is Kind.UPDATED] == [
+        ("bin/run.sh", "mode 755 from another peer (the same bytes)")
+    ]
     os.chmod(b / "bin/run.sh", 0o700)  # and back the other way
     wait_until(lambda: stat.S_IMODE((a / "bin/run.sh").stat().st_mode) == 0o700, 10, "b's chmod to reach a")
     assert tree(a) == tree(b) and not list(a.rglob("*sync-conflict*")) and not list(b.rglob("*sync-conflict*"))

@@ -28,7 +28,7 @@ from p2psync.deadlines import Watchdog
 from p2psync.errors import FolderGone, ProtocolError
 from p2psync.events import Behind, Events, Kind, LogEvents, RoundOutcome, Tally
 from p2psync.ignore import IgnoreRules
-from p2psync.local import Folder, LocalFile
+from p2psync.local import Folder, LocalFile, sync_mode
 from p2psync.local.watching import FolderWatcher, require_watching
 from p2psync.membership import tracker_handshake, wrap_client
 from p2psync.net import family
@@ -616,6 +616,7 @@ class FileSynchronizer(threading.Thread):
                 if self.folder.set_mtime(path, entry.mtime, entry.mode, expect=mine.key):
                     agreed.append((path, theirs))
                     wrote = True
+                    self.events.emit(Kind.UPDATED, path, mine.size, _stamped(mine, entry))
             elif action is Action.TRASH:
                 assert mine is not None and ours is not None
                 killer = next(d for d in deleted.get(path, ()) if d.kills(ours))
@@ -807,3 +808,11 @@ class FileSynchronizer(threading.Thread):
     def process_message(self, conn: socket.socket, addr: Any) -> None:
         """Serve one request on an accepted connection: `name\\n` -> header + bytes."""
         self._file_server.serve(conn, addr)
+
+
+def _stamped(mine: LocalFile, entry: DirectoryEntry) -> str:
+    """What a stamp took from the network, for its event line: the mode, the mtime, or both."""
+    took = [f"mode {sync_mode(entry.mode):o}"] if entry.mode is not None and sync_mode(entry.mode) != mine.mode else []
+    if entry.mtime > mine.mtime:
+        took.append("mtime")
+    return f"{' and '.join(took) or 'mtime'} from another peer (the same bytes)"

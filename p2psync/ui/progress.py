@@ -36,6 +36,7 @@ _STYLE = {
     Kind.CONFLICT: "magenta",
     Kind.FAILED: "red",
     Kind.HELD_BACK: "yellow",
+    Kind.UPDATED: "green",
 }
 
 
